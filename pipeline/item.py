@@ -1,0 +1,207 @@
+"""The unit of work that flows through the Ray Data graph: one source video and the clips cut from it.
+
+A source's clips travel together from clip extraction to the shard sink, so a source is committed to exactly one
+shard, together with its manifest record, or not at all (see ``pipeline/sink.py``). Between Ray operators an item
+travels pickled in a single binary column: encoded clip bytes (H.264, PCM WAV) and small metadata, never decoded
+frames. Decoded frames are cached on the clip object inside one operator and dropped before it is pickled again.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Source statuses in the manifest.
+DONE = "done"  # produced at least one clip, all written
+FILTERED = "filtered"  # processed fine, every clip dropped (or no clip at all), reasons recorded
+FAILED = "failed"  # an error; retried on the next run up to run.max_attempts
+QUARANTINED = "quarantined"  # unreadable input, or failed max_attempts times; never retried under this fingerprint
+
+FINAL_STATUSES = (DONE, FILTERED, QUARANTINED)
+
+
+@dataclass
+class StageStat:
+    """What one stage did to one source's clips. Summed over sources into the run's stats table."""
+
+    unit: str = "clips"  # "sources" for per-source stages (probe), "clips" otherwise
+    items_in: int = 0
+    items_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    flagged: dict[str, int] = field(default_factory=dict)  # score-only: reason it would have dropped -> count
+    failures: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "in": self.items_in,
+            "out": self.items_out,
+            "dropped": dict(self.dropped),
+            "flagged": dict(self.flagged),
+            "failures": self.failures,
+            "cpu_s": round(self.cpu_s, 4),
+            "wall_s": round(self.wall_s, 4),
+        }
+
+
+@dataclass
+class Clip:
+    """One clip: its encoded media, the JSON metadata being built, and extra shard members from stages."""
+
+    key: str
+    start: float  # seconds in the source's (display) timeline
+    end: float
+    mp4: bytes  # H.264 at the recipe's fps and size
+    wav: bytes  # 16 kHz mono PCM WAV
+    analysis_mp4: bytes  # small frames at the analysis fps and size, for stages; not written to the shard
+    meta: dict[str, Any] = field(default_factory=dict)  # becomes the sample's json member
+    members: dict[str, bytes] = field(default_factory=dict)  # extra shard members (e.g. masks.npz, ref_0.png)
+    dropped: str | None = None  # the reason, once a stage drops it
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        return self.meta.setdefault("scores", {})
+
+    def analysis_frames(self) -> np.ndarray:
+        """RGB uint8 frames ``[T, H, W, 3]`` at the analysis fps and size, decoded once and cached."""
+        if "analysis" not in self._cache:
+            from pipeline.media import decode_video_bytes
+
+            self._cache["analysis"] = decode_video_bytes(self.analysis_mp4)
+        return self._cache["analysis"]
+
+    def analysis_times(self) -> np.ndarray:
+        """Clip-relative time in seconds of each analysis frame."""
+        n = len(self.analysis_frames())
+        fps = float(self.meta["analysis"]["fps"])
+        return np.arange(n, dtype=np.float64) / fps
+
+    def frames(self) -> np.ndarray:
+        """RGB uint8 frames of the clip itself ``[T, H, W, 3]`` at the clip fps and size (decoded once, cached)."""
+        if "frames" not in self._cache:
+            from pipeline.media import decode_video_bytes
+
+            self._cache["frames"] = decode_video_bytes(self.mp4)
+        return self._cache["frames"]
+
+    def audio(self) -> np.ndarray:
+        """The clip's audio as float32 mono samples at 16 kHz."""
+        if "audio" not in self._cache:
+            from pipeline.media import read_wav_bytes
+
+            self._cache["audio"], _ = read_wav_bytes(self.wav)
+        return self._cache["audio"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = {}  # never pickle decoded frames between operators
+        return state
+
+
+@dataclass
+class SourceItem:
+    """One raw video and everything the pipeline learned about it."""
+
+    path: str
+    attempts: int = 0  # attempts before this one (from the manifest)
+    sha256: str | None = None
+    size: int | None = None
+    probe: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None  # None while in flight; one of the statuses above at the end
+    reason: str | None = None  # why it was filtered, failed or quarantined
+    error: str | None = None  # traceback text for failures
+    clips: list[Clip] = field(default_factory=list)
+    drops: list[dict[str, Any]] = field(default_factory=list)  # dropped clips' spans and reasons (no media)
+    stats: dict[str, StageStat] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> list[Clip]:
+        return [c for c in self.clips if c.dropped is None]
+
+    @property
+    def in_flight(self) -> bool:
+        return self.status is None
+
+    def fail(self, reason: str, error: str | None = None, quarantine: bool = False) -> None:
+        self.status = QUARANTINED if quarantine else FAILED
+        self.reason = reason
+        self.error = error
+        self.clips = []
+
+    def drop_clip(self, clip: Clip, stage: str, reason: str) -> None:
+        clip.dropped = f"{stage}:{reason}"
+        self.drops.append(
+            {"key": clip.key, "start": clip.start, "end": clip.end, "stage": stage, "reason": reason,
+             "scores": clip.meta.get("scores", {})}
+        )
+
+    def stat(self, stage: str, unit: str = "clips") -> StageStat:
+        if stage not in self.stats:
+            self.stats[stage] = StageStat(unit=unit)
+        return self.stats[stage]
+
+    def finish(self) -> None:
+        """Settle the status once every stage has run: done if a clip survived, filtered otherwise."""
+        self.clips = self.alive
+        if self.status is None:
+            if self.clips:
+                self.status = DONE
+            else:
+                self.status = FILTERED
+                reasons = sorted({d["stage"] + ":" + d["reason"] for d in self.drops})
+                self.reason = ", ".join(reasons) if reasons else "no clips"
+
+
+class StageTimer:
+    """Adds CPU and wall seconds of a block to a :class:`StageStat` (``time.process_time`` covers all threads)."""
+
+    def __init__(self, stat: StageStat):
+        self.stat = stat
+
+    def __enter__(self) -> StageTimer:
+        self._cpu = time.process_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stat.cpu_s += time.process_time() - self._cpu
+        self.stat.wall_s += time.perf_counter() - self._wall
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Row codec for Ray Data: {"path": str, "item": bytes}
+# --------------------------------------------------------------------------------------------------------------
+
+
+def to_row(item: SourceItem) -> dict[str, Any]:
+    buf = io.BytesIO()
+    pickle.dump(item, buf, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"path": item.path, "item": buf.getvalue()}
+
+
+def from_row(row: dict[str, Any]) -> SourceItem:
+    return pickle.loads(row["item"])
+
+
+def items_from_batch(batch: dict[str, Any]) -> list[SourceItem]:
+    return [pickle.loads(b) for b in batch["item"]]
+
+
+def batch_from_items(items: list[SourceItem]) -> dict[str, Any]:
+    rows = [to_row(it) for it in items]
+    return {
+        "path": np.array([r["path"] for r in rows], dtype=object),
+        "item": np.array([r["item"] for r in rows], dtype=object),
+    }

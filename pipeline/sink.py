@@ -1,0 +1,87 @@
+"""The shard sink: a Ray Data ``Datasink`` that owns its files.
+
+Each write task gathers several sources (``shards.sources_per_write``), writes their clips into one or more shards
+(rolled by ``shards.max_samples`` and ``shards.max_bytes``; a source never straddles two shards) and commits each
+shard with the manifest chunk that records its sources (see ``pipeline/manifest.py`` for the protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+
+from pipeline.item import SourceItem, from_row
+from pipeline.manifest import shard_dir, write_chunk
+from pipeline.operators import record_of
+from pipeline.shards import CommittedShard, ShardWriter
+
+
+def samples_of(item: SourceItem, extra_meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Shard samples (one per surviving clip) of a finished item."""
+    out = []
+    for clip in item.clips:
+        meta = dict(clip.meta)
+        meta.update(extra_meta)
+        sample: dict[str, Any] = {"__key__": clip.key, "mp4": clip.mp4, "wav": clip.wav, "json": meta}
+        sample.update(clip.members)
+        out.append(sample)
+    return out
+
+
+class ShardSink(Datasink):
+    def __init__(self, run_dir: str, run_id: str, fingerprint: str, max_samples: int, max_bytes: int,
+                 sources_per_write: int, versions: dict[str, str]):
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.fingerprint = fingerprint
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.sources_per_write = sources_per_write
+        self.versions = versions
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.sources_per_write
+
+    def get_name(self) -> str:
+        return "WriteShards"
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
+        prefix = f"{self.run_id}-{ctx.task_idx:05d}"
+        pending: dict[str, list[dict[str, Any]]] = {}  # shard name -> records waiting for that shard's commit
+        loose: list[dict[str, Any]] = []  # records of sources without clips, committed with the next chunk
+        chunks = 0
+        summary = {"sources": 0, "samples": 0, "shards": 0}
+
+        def on_commit(shard: CommittedShard) -> None:
+            nonlocal chunks, loose
+            records = pending.pop(shard.name, []) + loose
+            loose = []
+            write_chunk(self.run_dir, f"{prefix}-{chunks:05d}", records)
+            chunks += 1
+            summary["shards"] += 1
+
+        writer = ShardWriter(shard_dir(self.run_dir), prefix, self.max_samples, self.max_bytes, on_commit)
+        extra = {"recipe_fingerprint": self.fingerprint, "versions": self.versions, "schema_version": 1}
+        try:
+            for block in blocks:
+                for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
+                    item = from_row(row)
+                    item.finish()
+                    summary["sources"] += 1
+                    samples = samples_of(item, extra)
+                    if samples:
+                        name = writer.write_group(samples)
+                        pending.setdefault(name, []).append(record_of(item, self.fingerprint, self.run_id, name))
+                        summary["samples"] += len(samples)
+                    else:
+                        loose.append(record_of(item, self.fingerprint, self.run_id, None))
+            writer.commit()
+            if loose:
+                write_chunk(self.run_dir, f"{prefix}-{chunks:05d}", loose)
+        except BaseException:
+            writer.abort()
+            raise
+        return summary

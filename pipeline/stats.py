@@ -1,0 +1,68 @@
+"""Per-run stats: for each stage, items in and out, drops per reason, failures and CPU seconds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+STAGE_ORDER_HINT = ("probe", "extract", "scene_cut")
+
+
+def aggregate(records: pa.Table) -> dict[str, Any]:
+    """Sum the per-source stage stats of manifest records into the run's stats."""
+    stages: dict[str, dict[str, Any]] = {}
+    cols = records.select(["status", "stats", "probe", "keys"]).to_pydict() if records.num_rows else {
+        "status": [], "stats": [], "probe": [], "keys": []}
+    status_counts: dict[str, int] = {}
+    video_s = 0.0
+    samples = 0
+    for status, stats_json, probe_json, keys in zip(cols["status"], cols["stats"], cols["probe"], cols["keys"]):
+        status_counts[status] = status_counts.get(status, 0) + 1
+        samples += len(keys or [])
+        probe = json.loads(probe_json) if probe_json else {}
+        video_s += float(probe.get("duration_s") or 0.0)
+        for name, st in (json.loads(stats_json) if stats_json else {}).items():
+            agg = stages.setdefault(name, {"unit": st["unit"], "in": 0, "out": 0, "dropped": {}, "flagged": {},
+                                           "failures": 0, "cpu_s": 0.0, "wall_s": 0.0})
+            for k in ("in", "out", "failures"):
+                agg[k] += st[k]
+            for k in ("cpu_s", "wall_s"):
+                agg[k] += st[k]
+            for k in ("dropped", "flagged"):
+                for reason, n in st[k].items():
+                    agg[k][reason] = agg[k].get(reason, 0) + n
+    order = [s for s in STAGE_ORDER_HINT if s in stages] + [s for s in stages if s not in STAGE_ORDER_HINT]
+    total_cpu = sum(s["cpu_s"] for s in stages.values())
+    return {
+        "sources": status_counts,
+        "samples_written": samples,
+        "video_seconds": round(video_s, 3),
+        "cpu_s": round(total_cpu, 3),
+        "cpu_s_per_video_s": round(total_cpu / video_s, 4) if video_s else None,
+        "stages": {k: {**stages[k], "cpu_s": round(stages[k]["cpu_s"], 3), "wall_s": round(stages[k]["wall_s"], 3)}
+                   for k in order},
+    }
+
+
+def format_table(stats: dict[str, Any]) -> str:
+    rows = [("stage", "unit", "in", "out", "dropped (reason=count)", "fail", "cpu_s", "cpu_s/video_s")]
+    vs = stats.get("video_seconds") or 0.0
+    for name, st in stats["stages"].items():
+        dropped = ", ".join(f"{r}={n}" for r, n in sorted(st["dropped"].items()))
+        if st["flagged"]:
+            dropped += (", " if dropped else "") + "flagged: " + ", ".join(
+                f"{r}={n}" for r, n in sorted(st["flagged"].items()))
+        rows.append((name, st["unit"], str(st["in"]), str(st["out"]), dropped or "-", str(st["failures"]),
+                     f"{st['cpu_s']:.2f}", f"{st['cpu_s'] / vs:.3f}" if vs else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    src = ", ".join(f"{k}={v}" for k, v in sorted(stats["sources"].items())) or "none"
+    lines.append("")
+    lines.append(f"sources: {src}; samples written: {stats['samples_written']}; "
+                 f"video: {stats['video_seconds']:.1f} s; CPU: {stats['cpu_s']:.1f} s"
+                 + (f" ({stats['cpu_s_per_video_s']:.3f} CPU-s per video-s)" if stats.get("cpu_s_per_video_s") else ""))
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The stage contract: a small class with declared resources, ``setup()`` for models, and a per-clip call.
+
+A stage reads a :class:`~pipeline.item.Clip` (its shared analysis frames, its audio, the clip frames, earlier stages'
+scores in ``clip.meta``), writes its scores to ``clip.scores[<stage name>]`` and returns a drop reason or ``None``.
+With ``score_only: true`` the reason is recorded as a flag and the clip is kept. Extra shard members (``masks.npz``,
+``ref_0.png``) go into ``clip.members``.
+
+Stages are built on the driver from the recipe (cheap: config only, pickled to Ray workers) and ``setup()`` runs
+once per Ray worker, where models are loaded. A production backend loads weights from a local directory (the
+stage's ``weights`` field or ``--weights stage=DIR``) and fails with :class:`WeightsError` naming the stage, the
+expected files and the recipe field; an embedded backend uses models shipped inside a Python package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline.item import Clip, SourceItem
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as configured (missing dependency, bad backend)."""
+
+
+class WeightsError(StageError):
+    """A production backend's weights directory is missing or incomplete."""
+
+
+@dataclass
+class StageConfig:
+    """Fields every stage has. Stages subclass this dataclass and add their thresholds."""
+
+    enabled: bool = True
+    score_only: bool = False  # record scores and would-be drop reasons, drop nothing
+    backend: str = "embedded"  # "embedded" (weights shipped in a package) or a production backend name
+    weights: str | None = None  # local weights directory for a production backend
+
+    def validate(self, where: str) -> None:  # stages extend this; raise pipeline.recipe.RecipeError
+        pass
+
+
+class Stage:
+    """Base class of every curation stage."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    backends: ClassVar[tuple[str, ...]] = ("embedded",)
+    # Python modules each backend imports, with the pip package that provides them (checked when the run is built).
+    requires: ClassVar[dict[str, dict[str, str]]] = {}
+    num_cpus: ClassVar[float] = 0.5  # per actor; fractional so small machines keep CPUs for reading
+    gpu_backends: ClassVar[tuple[str, ...]] = ()  # backends that want a GPU (num_gpus=1 on a GPU cluster)
+
+    def __init__(self, config: StageConfig):
+        self.config = config
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Called on the driver before the run starts: dependencies importable, weights present."""
+        for module, package in self.requires.get(self.config.backend, {}).items():
+            if importlib.util.find_spec(module) is None:
+                raise StageError(
+                    f"stage '{self.name}' backend '{self.config.backend}' needs the Python module '{module}': "
+                    f"pip install {package}"
+                )
+
+    def setup(self) -> None:
+        """Load models. Runs once per Ray worker (never per clip)."""
+
+    def process(self, clip: Clip, item: SourceItem) -> str | None:
+        """Score ``clip`` (write ``clip.scores[self.name]``); return a drop reason or ``None`` to keep it."""
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def wants_gpu(self) -> bool:
+        return self.config.backend in self.gpu_backends
+
+    def require_weights(self, expected: list[str], hint: str) -> Path:
+        """The production weights directory, checked for ``expected`` files (glob patterns allowed)."""
+        field = f"stages.{self.name}.weights"
+        if not self.config.weights:
+            raise WeightsError(
+                f"stage '{self.name}' backend '{self.config.backend}' needs local weights: set {field} in the recipe "
+                f"or pass --weights {self.name}=DIR. Expected in DIR: {', '.join(expected)}. {hint}"
+            )
+        d = Path(self.config.weights).expanduser()
+        if not d.is_dir():
+            raise WeightsError(
+                f"stage '{self.name}': weights directory {d} ({field}) does not exist. "
+                f"Expected in it: {', '.join(expected)}. {hint}"
+            )
+        missing = [e for e in expected if not any(d.glob(e))]
+        if missing:
+            raise WeightsError(
+                f"stage '{self.name}': weights directory {d} ({field}) lacks {', '.join(missing)}. {hint}"
+            )
+        return d
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.config.backend, "score_only": self.config.score_only}
