@@ -59,6 +59,16 @@ def _add_ls(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="write contact sheets and an HTML index of a run's samples",
+                       description="For each committed sample of RUN_DIR write a contact-sheet PNG (frames with each "
+                                   "identity's mask in its own colour, and a timeline of who speaks when) and an "
+                                   "index.html linking them.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/inspect)")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N samples (0: all)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interacthuman",
@@ -68,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_curate(sub)
     _add_probe(sub)
     _add_ls(sub)
+    _add_inspect(sub)
     args = parser.parse_args(argv)
     if args.command == "curate":
         return _curate(args)
@@ -75,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         return _probe(args)
     if args.command == "ls":
         return _ls(args)
+    if args.command == "inspect":
+        from pipeline.inspect import inspect_run
+
+        index = inspect_run(args.run_dir, args.out, limit=args.limit)
+        print(f"wrote {index}")
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -204,7 +204,8 @@ def spec_from_recipe(recipe: Any) -> ExtractSpec:
     return ExtractSpec(
         fps=c.fps, short_side=c.short_side, crf=c.crf, preset=c.preset, apply_rotation=c.apply_rotation,
         min_s=c.min_s, max_s=c.max_s, analysis_fps=a.fps, analysis_short_side=a.short_side,
-        detector=s.detector, threshold=s.threshold, min_scene_s=s.min_scene_s, refine=s.refine,
+        detector=s.detector, threshold=s.threshold, min_scene_s=s.min_scene_s, min_score=s.min_score,
+        refine=s.refine,
     )
 
 

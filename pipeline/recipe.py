@@ -40,6 +40,7 @@ class SceneConfig:
     detector: str = "adaptive"  # adaptive | content | threshold | histogram | hash
     threshold: float | None = None  # None: the detector's own default
     min_scene_s: float = 0.5  # shortest shot the detector may report
+    min_score: float = 12.0  # adaptive detector: lowest content score that can be a cut (PySceneDetect: 15)
     refine: bool = True  # move each cut to the largest frame change at the output frame rate
 
     def validate(self, where: str) -> None:
@@ -47,6 +48,7 @@ class SceneConfig:
         if self.threshold is not None and self.threshold <= 0:
             raise RecipeError(f"{where}.threshold: must be > 0, got {self.threshold}")
         _positive(self.min_scene_s, f"{where}.min_scene_s", allow_zero=True)
+        _positive(self.min_score, f"{where}.min_score", allow_zero=True)
 
 
 @dataclass

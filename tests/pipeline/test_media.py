@@ -1,0 +1,197 @@
+"""Probing and single-pass extraction on the real sample media."""
+
+from __future__ import annotations
+
+import csv
+import io
+import wave
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.media import (
+    ExtractSpec,
+    MediaError,
+    decode_video_bytes,
+    extract_clips,
+    probe,
+    read_wav_bytes,
+)
+from tests.conftest import SAMPLES, sample
+
+MANIFEST = {r["path"]: r for r in csv.DictReader(open(SAMPLES / "MANIFEST.csv"))}
+VIDEO_ROWS = {p.rsplit("/", 1)[-1]: r for p, r in MANIFEST.items() if p.startswith("videos/")}
+
+
+@pytest.fixture(scope="module")
+def extracted():
+    """Every sample video probed and extracted once with the default spec (min 2 s)."""
+    out = {}
+    for name in VIDEO_ROWS:
+        path = str(sample(name))
+        info = probe(path)
+        out[name] = (info, extract_clips(path, info, ExtractSpec(min_s=1.0)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_ROWS))
+def test_probe_matches_ffprobe(name):
+    row = VIDEO_ROWS[name]
+    info = probe(str(sample(name)))
+    v = info["video"]
+    assert v["codec"] == row["vcodec"]
+    assert (v["width"], v["height"]) == (int(row["width"]), int(row["height"]))
+    assert info["duration_s"] == pytest.approx(float(row["duration_s"]), abs=0.15)
+    assert v["rotation"] == (int(row["rotation"]) if row["rotation"] else 0)
+    assert info["has_audio"] == bool(row["acodec"])
+    if row["acodec"]:
+        assert info["audio"]["codec"] == row["acodec"]
+        assert info["audio"]["sample_rate"] == int(row["sample_rate"])
+
+
+def test_probe_flags_variable_frame_rate():
+    vfr = {n: probe(str(sample(n)))["video"]["variable_frame_rate"] for n in VIDEO_ROWS}
+    assert vfr["pyscenedetect_goldeneye-vfr-drop3.mp4"]
+    assert vfr["videoretalking_face1.mp4"]
+    assert vfr["moviepy_fire2.mp4"]
+    assert not vfr["infinitetalk_ref_video.mp4"]
+    assert not vfr["latentsync_demo1_video.mp4"]
+
+
+def test_probe_display_size_applies_rotation():
+    v = probe(str(sample("pyscenedetect_issue-134-rotate.mp4")))["video"]
+    assert (v["display_width"], v["display_height"]) == (544, 1280)
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"", "empty file"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8)), "not a readable media file"),
+        (b"just some text\n", "not a readable media file"),
+    ],
+)
+def test_probe_rejects_unusable_files(tmp_path, content, expect):
+    p = tmp_path / "bad.mp4"
+    p.write_bytes(content)
+    with pytest.raises(MediaError, match=expect) as e:
+        probe(str(p))
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["videoretalking_face2.mp4", "cdp_example_video_large.mp4"])
+def test_probe_rejects_truncated_copies(tmp_path, name):
+    """Index at the end (cut before it) and index at the start (cut in the media data) are both caught."""
+    data = sample(name).read_bytes()
+    p = tmp_path / f"truncated_{name}"
+    p.write_bytes(data[: len(data) * 45 // 100])
+    with pytest.raises(MediaError, match="truncated"):
+        probe(str(p))
+
+
+def test_probe_rejects_audio_only(tmp_path):
+    p = SAMPLES / "audio" / "speech" / "whisper_jfk_16k_mono.wav"
+    with pytest.raises(MediaError, match="no video stream"):
+        probe(str(p))
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_ROWS))
+def test_every_clip_decodes_with_declared_shape(extracted, name):
+    info, res = extracted[name]
+    assert res.clips or res.drops
+    for c in res.clips:
+        frames = decode_video_bytes(c.mp4)
+        assert frames.shape == (c.frames, res.height, res.width, 3)
+        assert c.frames == round((c.end - c.start) * 25)
+        with av.open(io.BytesIO(c.mp4)) as container:
+            s = container.streams.video[0]
+            assert s.codec_context.name == "h264"
+            assert float(s.average_rate) == pytest.approx(25.0)
+        audio, rate = read_wav_bytes(c.wav)
+        assert rate == 16000 and abs(len(audio) - (c.end - c.start) * 16000) <= 1
+        an = decode_video_bytes(c.analysis_mp4)
+        assert an.shape[1:] == (res.analysis_height, res.analysis_width, 3)
+        assert abs(len(an) - (c.end - c.start) * 5) <= 1
+        assert min(res.height, res.width) == min(480, min(info["video"]["display_width"],
+                                                           info["video"]["display_height"])) // 2 * 2
+
+
+def test_output_keeps_display_aspect(extracted):
+    for name, (info, res) in extracted.items():
+        dw, dh = info["video"]["display_width"], info["video"]["display_height"]
+        assert res.width / res.height == pytest.approx(dw / dh, rel=0.01), name
+
+
+@pytest.mark.parametrize("name", ["pyscenedetect_goldeneye-vfr-drop3.mp4", "pyscenedetect_issue-134-rotate.mp4"])
+def test_scene_cuts_found_within_quarter_second(extracted, name):
+    _, res = extracted[name]
+    assert len(res.cuts) == 2, res.cuts
+    for found, true in zip(res.cuts, (3.75, 8.76)):
+        assert abs(found - true) <= 0.25
+
+
+def test_subtitle_clip_is_split_at_its_hard_cuts(extracted):
+    _, res = extracted["vsr_test2.mp4"]
+    truth = [1.4, 3.0, 4.47, 6.37, 7.63]
+    assert len(res.cuts) == len(truth), res.cuts
+    for found, true in zip(res.cuts, truth):
+        assert abs(found - true) <= 0.25
+    spans = [(c.start, c.end) for c in res.clips] + [(d["start"], d["end"]) for d in res.drops]
+    boundaries = sorted({round(s, 2) for s, _ in spans} | {round(e, 2) for _, e in spans})
+    assert boundaries[0] == 0.0 and boundaries[-1] == pytest.approx(8.0, abs=0.05)
+
+
+def test_single_shot_samples_have_no_cuts(extracted):
+    for name in ("infinitetalk_ref_video.mp4", "latentsync_demo1_video.mp4", "videoretalking_face2.mp4",
+                 "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"):
+        _, res = extracted[name]
+        assert res.cuts == [], name
+        assert len(res.clips) == 1 and res.clips[0].start == 0.0
+
+
+def _first_raw_frame(name: str, size: tuple[int, int]) -> np.ndarray:
+    with av.open(str(sample(name))) as c:
+        f = next(c.decode(c.streams.video[0]))
+        return f.to_ndarray(width=size[0], height=size[1], format="gray").astype(np.float32)
+
+
+@pytest.mark.parametrize("name, k", [("pyscenedetect_issue-134-rotate.mp4", 3), ("moviepy_fire2.mp4", 2)])
+def test_rotation_is_applied_as_players_do(extracted, name, k):
+    """The clip's first frame matches the raw frame turned by the display matrix, not the raw frame."""
+    _, res = extracted[name]
+    out = decode_video_bytes(res.clips[0].mp4, max_frames=1)[0].mean(axis=2)
+    pre = (res.height, res.width) if k % 2 else (res.width, res.height)
+    raw = _first_raw_frame(name, pre)
+    turned = np.rot90(raw, k=k)
+    err_turned = np.abs(out - turned).mean()
+    if k % 2 == 0:
+        assert err_turned < 0.5 * np.abs(out - raw).mean()
+    assert err_turned < 12
+
+
+def test_source_without_audio_gets_silence_and_flag(extracted):
+    _, res = extracted["pyscenedetect_goldeneye-vfr-drop3.mp4"]
+    for c in res.clips:
+        audio, _ = read_wav_bytes(c.wav)
+        assert np.all(audio == 0)
+        assert c.audio_padded_s == pytest.approx(c.end - c.start, abs=0.01)
+
+
+def test_audio_is_real_speech_where_present(extracted):
+    _, res = extracted["infinitetalk_ref_video.mp4"]
+    audio, _ = read_wav_bytes(res.clips[0].wav)
+    assert res.clips[0].audio_padded_s < 0.05
+    assert np.sqrt(np.mean(audio**2)) > 0.01
+    with wave.open(io.BytesIO(res.clips[0].wav)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (1, 16000, 2)
+
+
+def test_long_shots_are_split_and_short_tails_dropped():
+    path = str(sample("infinitetalk_ref_video.mp4"))  # one 15 s shot
+    res = extract_clips(path, probe(path), ExtractSpec(min_s=2.0, max_s=6.0))
+    spans = [(round(c.start, 2), round(c.end, 2)) for c in res.clips]
+    assert spans == [(0.0, 6.0), (6.0, 12.0), (12.0, 15.0)]
+    res = extract_clips(path, probe(path), ExtractSpec(min_s=4.0, max_s=12.0))
+    assert [(round(c.start, 2), round(c.end, 2)) for c in res.clips] == [(0.0, 12.0)]
+    assert res.drops == [{"start": 12.0, "end": 15.0, "stage": "scene_cut", "reason": "too_short"}]
