@@ -31,6 +31,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
 
 AUDIO_RATE = 16_000
 
@@ -243,11 +244,12 @@ def read_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
 def decode_video_bytes(data: bytes, max_frames: int | None = None) -> np.ndarray:
     """Decode an encoded video (e.g. a clip's mp4) to RGB uint8 ``[T, H, W, 3]``."""
     frames = []
+    sws = VideoReformatter()
     with av.open(io.BytesIO(data)) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
         for f in c.decode(s):
-            frames.append(f.to_ndarray(format="rgb24"))
+            frames.append(sws.reformat(f, format="rgb24").to_ndarray())
             if max_frames and len(frames) >= max_frames:
                 break
     if not frames:
@@ -413,6 +415,20 @@ def make_detector(kind: str, threshold: float | None, min_scene_frames: int, min
     raise ValueError(f"unknown scene detector {kind!r}")
 
 
+def _plane(frame: av.VideoFrame, i: int, width: int, height: int) -> np.ndarray:
+    p = frame.planes[i]
+    return np.frombuffer(p, np.uint8).reshape(height, p.line_size)[:, :width]
+
+
+def _rotate_yuv420p(frame: av.VideoFrame, k: int) -> av.VideoFrame:
+    """Turn a yuv420p frame by ``k`` quarter turns (np.rot90 sense) without converting to RGB."""
+    w, h = frame.width, frame.height
+    planes = [np.rot90(_plane(frame, 0, w, h), k)] + [np.rot90(_plane(frame, i, w // 2, h // 2), k) for i in (1, 2)]
+    ow, oh = (h, w) if k % 2 else (w, h)
+    flat = np.concatenate([p.reshape(-1) for p in planes])
+    return av.VideoFrame.from_ndarray(flat.reshape(oh * 3 // 2, ow), format="yuv420p")
+
+
 class _Shot:
     """The shot being assembled: output frames held until it is long enough, then streamed into an encoder."""
 
@@ -488,17 +504,20 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
     audio_chunks: list[np.ndarray] = []
     audio_start: float | None = None
 
+    # One swscale context per grid, reused for every frame (PyAV's frame.reformat builds a new one per call).
+    out_sws, an_sws = VideoReformatter(), VideoReformatter()
+
     def to_out(frame: av.VideoFrame) -> tuple[av.VideoFrame, np.ndarray]:
         if k_rot:
-            rgb = np.rot90(frame.to_ndarray(width=out_pre[0], height=out_pre[1], format="rgb24"), k=k_rot)
-            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+            f = _rotate_yuv420p(out_sws.reformat(frame, out_pre[0], out_pre[1], "yuv420p",
+                                                 interpolation=Interpolation.AREA), k_rot)
         else:
-            f = frame.reformat(out_w, out_h, "yuv420p")
-        luma = f.to_ndarray()[:out_h:4, ::4].astype(np.int16)
+            f = out_sws.reformat(frame, out_w, out_h, "yuv420p", interpolation=Interpolation.AREA)
+        luma = np.frombuffer(f.planes[0], np.uint8).reshape(out_h, -1)[::4, : out_w : 4].astype(np.int16)
         return f, luma
 
     def to_an(frame: av.VideoFrame) -> np.ndarray:
-        rgb = frame.to_ndarray(width=an_pre[0], height=an_pre[1], format="rgb24")
+        rgb = an_sws.reformat(frame, an_pre[0], an_pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
         return np.ascontiguousarray(np.rot90(rgb, k=k_rot)) if k_rot else rgb
 
     def finish_shot(end_tick: int) -> None:
@@ -658,6 +677,7 @@ def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = T
     w, h = fit_short_side(dw, dh, short_side)
     pre = (h, w) if k_rot % 2 == 1 else (w, h)
     n = 0
+    sws = VideoReformatter()
     with av.open(path) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
@@ -668,7 +688,7 @@ def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = T
                 continue
             t0 = f.time if t0 is None else t0
             while tick / fps <= f.time - t0 + 1e-9:
-                img = f.to_ndarray(width=pre[0], height=pre[1], format="rgb24")
+                img = sws.reformat(f, pre[0], pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
                 if k_rot:
                     np.ascontiguousarray(np.rot90(img, k=k_rot))
                 n += 1
