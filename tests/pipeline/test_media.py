@@ -195,3 +195,31 @@ def test_long_shots_are_split_and_short_tails_dropped():
     res = extract_clips(path, probe(path), ExtractSpec(min_s=4.0, max_s=12.0))
     assert [(round(c.start, 2), round(c.end, 2)) for c in res.clips] == [(0.0, 12.0)]
     assert res.drops == [{"start": 12.0, "end": 15.0, "stage": "scene_cut", "reason": "too_short"}]
+
+
+def test_non_square_pixels_are_resampled_to_display_aspect(tmp_path):
+    """An anamorphic source (320x240 stored, SAR 2:1, so 640x240 displayed) becomes a square-pixel clip."""
+    from fractions import Fraction
+
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i in range(75):  # 3 s; a bright square moving right
+            img = np.zeros((240, 320, 3), np.uint8)
+            img[100:140, 4 * i : 4 * i + 20] = 255
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    info = probe(str(path))
+    assert info["video"]["sample_aspect_ratio"] == "2:1"
+    assert (info["video"]["display_width"], info["video"]["display_height"]) == (640, 240)
+    res = extract_clips(str(path), info, ExtractSpec(min_s=1.0, short_side=240))
+    assert (res.width, res.height) == (640, 240)
+    frame = decode_video_bytes(res.clips[0].mp4, max_frames=1)[0]
+    cols = np.where(frame[:, :, 0].max(axis=0) > 128)[0]
+    assert 36 <= cols.max() - cols.min() + 1 <= 44  # 20 stored pixels are 40 displayed pixels wide
