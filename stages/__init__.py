@@ -15,6 +15,10 @@ from typing import Any
 
 REGISTRY: dict[str, str] = {
     # name: "module:Class"  (filled in as stages are added; order = run order)
+    "human": "stages.human:HumanStage",
+    "subtitles": "stages.subtitles:SubtitlesStage",
+    "quality": "stages.quality:QualityStage",
+    "motion": "stages.motion:MotionStage",
 }
 
 

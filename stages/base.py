@@ -14,6 +14,7 @@ expected files and the recipe field; an embedded backend uses models shipped ins
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar

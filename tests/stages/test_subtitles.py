@@ -1,0 +1,171 @@
+"""Subtitle drop on real sample media: burned-in captions dropped, static text kept, clean clips untouched."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from pipeline.item import Clip, SourceItem, batch_from_items, items_from_batch
+from pipeline.media import ExtractSpec, encode_video, extract_clips, probe
+from pipeline.recipe import RecipeError, build_section
+from stages.base import StageError, WeightsError
+from stages.subtitles import SubtitlesConfig, SubtitlesStage
+from tests.conftest import sample
+
+
+@lru_cache(maxsize=None)
+def _extracted(name: str) -> tuple[dict, tuple]:
+    path = str(sample(name))
+    info = probe(path)
+    return info, tuple(extract_clips(path, info, ExtractSpec(min_s=1.0)).clips)
+
+
+def item_of(name: str) -> SourceItem:
+    info, extracted = _extracted(name)
+    item = SourceItem(path=str(sample(name)), probe=info)
+    for i, ec in enumerate(extracted):
+        item.clips.append(Clip(key=f"{name}_{i}", start=ec.start, end=ec.end, mp4=ec.mp4, wav=ec.wav,
+                               analysis_mp4=ec.analysis_mp4,
+                               meta={"analysis": {"fps": 5.0, "frames": ec.analysis_frames}, "scores": {}}))
+    return item
+
+
+def clip_from_frames(key: str, frames: np.ndarray, start: float = 0.0, fps: float = 5.0) -> Clip:
+    return Clip(key=key, start=start, end=start + len(frames) / fps, mp4=b"", wav=b"",
+                analysis_mp4=encode_video(frames, fps, crf=18, preset="ultrafast"),
+                meta={"analysis": {"fps": fps, "frames": len(frames)}, "scores": {}})
+
+
+def burn(frames: np.ndarray, texts: list[str], y: float = 0.9, x: float | None = None) -> np.ndarray:
+    """White text with a dark outline, as subtitles are burned in; ``texts[i]`` goes on frame ``i`` ('' = none)."""
+    import cv2
+
+    out = frames.copy()
+    h, w = frames.shape[1:3]
+    for f, t in zip(out, texts):
+        if not t:
+            continue
+        (tw, th), _ = cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.7, 2)
+        org = (int((w - tw) / 2) if x is None else int(x * w), int(y * h))
+        cv2.putText(f, t, org, cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 5, cv2.LINE_AA)
+        cv2.putText(f, t, org, cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
+    return out
+
+
+def run_stages(item: SourceItem, stages: list[str], **cfg) -> SourceItem:
+    """Through the pipeline's stage operator, so drops happen in order as in a run."""
+    from pipeline.operators import StageGroupOp
+    from stages import stage_class
+
+    configs = [(n, {**stage_class(n).Config().__dict__, **cfg.get(n, {})}) for n in stages]
+    (out,) = items_from_batch(StageGroupOp(configs)(batch_from_items([item])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage() -> SubtitlesStage:
+    s = SubtitlesStage(SubtitlesConfig())
+    s.setup()
+    return s
+
+
+@pytest.fixture(scope="module")
+def speaker_frames() -> np.ndarray:
+    item = item_of("videoretalking_face1.mp4")
+    return item.clips[0].analysis_frames()
+
+
+def test_burned_in_captions_are_dropped_in_every_shot():
+    """vsr_test2: five 1.4-1.9 s shots with changing white captions (Cyrillic, which the shipped recognizer cannot
+    read). Shots whose caption changes inside are caught inside; shots that hold one caption differ from the
+    other shots' captions."""
+    out = run_stages(item_of("vsr_test2.mp4"), ["human", "subtitles"])
+    assert len(out.clips) == 5 and not out.alive
+    reasons = {(d["stage"], d["reason"]) for d in out.drops}
+    assert reasons == {("human", "no_people"), ("subtitles", "subtitles")}  # the eye close-up has no face
+    assert out.stats["subtitles"].dropped == {"subtitles": 4}
+    sub = [d["scores"]["subtitles"] for d in out.drops if d["stage"] == "subtitles"]
+    assert any(s["changes_inside"] for s in sub)
+    assert all(s["contents"] >= 1 for s in sub)
+
+
+@pytest.mark.parametrize("name", ["infinitetalk_ref_video.mp4", "latentsync_demo1_video.mp4",
+                                  "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4", "videoretalking_face2.mp4"])
+def test_clean_single_speaker_clips_pass(stage, name):
+    item = item_of(name)
+    for clip in item.clips:
+        assert stage.process(clip, item) is None
+        s = clip.scores["subtitles"]
+        assert s["contents"] == 0 and s["samples"] >= 3
+
+
+def test_changing_caption_is_dropped_static_caption_kept(stage, speaker_frames):
+    n = len(speaker_frames)
+    lines = ["HELLO AND WELCOME", "TODAY WE TALK", "ABOUT THE WEATHER", "SEE YOU SOON"]
+    changing = [lines[min(len(lines) - 1, i * len(lines) // n)] for i in range(n)]
+    item = SourceItem(path="changing.mp4", clips=[clip_from_frames("c", burn(speaker_frames, changing))])
+    assert stage.process(item.clips[0], item) == "subtitles"
+    s = item.clips[0].scores["subtitles"]
+    assert s["changes_inside"] and s["contents"] >= 2
+    assert any("WEATHER" in t or "WELCOME" in t for t in s["texts"])
+
+    static = burn(speaker_frames, ["NEWS CHANNEL 24"] * n)
+    item = SourceItem(path="static.mp4", clips=[clip_from_frames("s", static)])
+    assert stage.process(item.clips[0], item) is None
+    s = item.clips[0].scores["subtitles"]
+    assert s["contents"] == 1 and not s["changes_inside"]
+
+
+def test_corner_watermark_is_ignored(stage, speaker_frames):
+    n = len(speaker_frames)
+    marks = ["CH 1", "CH 2"] * n
+    frames = burn(speaker_frames, marks[:n], y=0.95, x=0.82)  # a bottom-right mark, even a changing one
+    item = SourceItem(path="mark.mp4", clips=[clip_from_frames("m", frames)])
+    assert stage.process(item.clips[0], item) is None
+
+
+def test_caption_constant_within_each_shot_differs_across_shots(speaker_frames):
+    """Each shot holds one caption for its whole length: only the other shots of the source reveal the change.
+    A logo is the same in every shot and is kept."""
+    half = len(speaker_frames) // 2
+    a, b = speaker_frames[:half], speaker_frames[half:]
+
+    def two_shots(text_a: str, text_b: str) -> SourceItem:
+        return SourceItem(path="two.mp4", clips=[
+            clip_from_frames("a", burn(a, [text_a] * len(a))),
+            clip_from_frames("b", burn(b, [text_b] * len(b)), start=half / 5.0),
+        ])
+
+    out = run_stages(two_shots("WHERE ARE YOU GOING", "HOME SWEET HOME"), ["subtitles"])
+    assert out.stats["subtitles"].dropped == {"subtitles": 2}
+    assert all(d["scores"]["subtitles"]["changes_across"] for d in out.drops)
+    out = run_stages(two_shots("NEWS CHANNEL 24", "NEWS CHANNEL 24"), ["subtitles"])
+    assert len(out.alive) == 2
+    out = run_stages(two_shots("WHERE ARE YOU GOING", "HOME SWEET HOME"), ["subtitles"],
+                     subtitles={"across_clips": False})
+    assert len(out.alive) == 2
+
+
+def test_config_is_validated_naming_the_field():
+    with pytest.raises(RecipeError, match=r"stages.subtitles.min_samples"):
+        build_section(SubtitlesConfig, {"min_samples": 1}, "stages.subtitles").validate("stages.subtitles")
+    with pytest.raises(RecipeError, match=r"stages.subtitles.zone"):
+        build_section(SubtitlesConfig, {"zone": 1.5}, "stages.subtitles").validate("stages.subtitles")
+
+
+def test_paddle_backend_names_the_extra_and_the_weights(tmp_path):
+    import importlib.util
+
+    stage = SubtitlesStage(SubtitlesConfig(backend="paddle", weights=str(tmp_path)))
+    if importlib.util.find_spec("paddleocr") is None:
+        with pytest.raises(StageError, match=r"interacthuman\[paddle\]"):
+            stage.check()
+        with pytest.raises(StageError, match=r"pip install interacthuman\[paddle\]"):
+            stage.setup()
+    with pytest.raises(WeightsError) as e:
+        stage._weights_dir()
+    assert "det/inference.pdiparams" in str(e.value) and "stages.subtitles.weights" in str(e.value)
+    with pytest.raises(WeightsError, match=r"--weights subtitles=DIR"):
+        SubtitlesStage(SubtitlesConfig(backend="paddle"))._weights_dir()
