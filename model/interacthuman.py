@@ -95,7 +95,26 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.
 
 
 class InterActHumanRotaryPosEmbed(WanRotaryPosEmbed):
-    """Wan's 3D RoPE tables, read at explicit grid positions so reference tokens get their own temporal index."""
+    """Wan's 3D RoPE tables, read at explicit grid positions so reference tokens get their own temporal index.
+
+    The tables are computed in float64 (as Wan) and stored in float32: float64 products in every attention made the
+    CPU path several times slower, and the difference is at float32 rounding level."""
+
+    def __init__(self, attention_head_dim: int, patch_size: tuple[int, int, int], max_seq_len: int):
+        super().__init__(attention_head_dim, patch_size, max_seq_len)
+        self.register_buffer("freqs_cos", self.freqs_cos.float(), persistent=False)
+        self.register_buffer("freqs_sin", self.freqs_sin.float(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) would round the tables (positions lose precision): they stay float32, only their
+        # device follows
+        tables = {"freqs_cos": self.freqs_cos, "freqs_sin": self.freqs_sin}
+        super()._apply(fn, recurse)
+        for name, table in tables.items():
+            moved = getattr(self, name)
+            if moved.dtype != torch.float32 and not table.is_meta:
+                setattr(self, name, table.to(moved.device))
+        return self
 
     def grid(self, frames: int, height: int, width: int, t_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [1, frames*height*width, 1, head_dim] for t in [t_offset, t_offset+frames), y < height, x < width."""
@@ -481,6 +500,14 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         h, w = height // p_h, width // p_w
         L_v = num_frames * h * w
         N = ref_latents.shape[1] if ref_latents is not None else (audio_feats.shape[1] if audio_feats is not None else 0)
+        if height % p_h or width % p_w:
+            raise ValueError(f"latents of {height}x{width} are not divisible by the patch {p_h}x{p_w}")
+        if ref_latents is not None and (ref_latents.ndim != 6 or ref_latents.shape[3] != 1
+                                        or ref_latents.shape[-2] % p_h or ref_latents.shape[-1] % p_w):
+            raise ValueError(f"ref_latents must be [B, N, C, 1, Hr, Wr] with Hr, Wr divisible by the patch, "
+                             f"got {tuple(ref_latents.shape)}")
+        if timestep.shape != (B,):
+            raise ValueError(f"timestep must be [B] = [{B}], got {tuple(timestep.shape)}")
         if audio_feats is not None and audio_feats.shape[1] != N:
             raise ValueError(f"audio_feats has {audio_feats.shape[1]} identities, ref_latents has {N}")
         if identity_valid is None:

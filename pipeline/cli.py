@@ -44,6 +44,8 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=int, metavar="N", help="quarantine a source after N failed attempts")
     p.add_argument("--reraise", action="store_true", help="stop at the first error instead of recording it")
     p.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
+    p.add_argument("--worker-logs", action="store_true",
+                   help="show the Ray workers' output here (it always goes to Ray's session logs)")
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +71,128 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N samples (0: all)")
 
 
+TRAIN_HELP = """\
+Train the InterActHuman model on curated shards (see model/train.py for the recipe fields).
+
+A training recipe names the data (a curation run directory), the stage (audio: single-person pre-training with
+global audio; multi: mask-gated audio and the mask loss), the model config and weights, and the optimisation.
+Rerunning the same command resumes from the latest checkpoint in the recipe's output directory.
+
+examples:
+  interacthuman train datasets/recipes/train/debug_audio.yaml              # tiny model, CPU, one process
+  interacthuman train datasets/recipes/train/debug_audio.yaml --nproc 2    # two processes, FSDP over gloo
+  interacthuman train datasets/recipes/train/stage1_audio.yaml --nproc 8   # 1.3B on 8 GPUs
+"""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the model on curated shards", description=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="training recipe YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set steps=100 (repeatable)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes on this node (torchrun); default 1")
+    p.add_argument("--precompute", action="store_true",
+                   help="encode the shards into feature shards on Ray first (training then reads tensors)")
+
+
+def _add_precompute(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("precompute", help="encode shards into training features on Ray",
+                       description="Run the frozen encoders (VAE, UMT5, wav2vec2) over a curation run's shards "
+                                   "and write feature shards that training reads instead of running encoders.")
+    p.add_argument("recipe", help="training recipe YAML (its data, resolution and weights fields are used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
+
+SAMPLE_HELP = """\
+Generate a video of N people from a prompt and, per person, a reference image and an audio track (see
+docs/SAMPLING.md). Inputs are checked before any model loads. The output is an MP4 lasting exactly as long as the
+longest track (frames = round(seconds * fps)), with the tracks mixed and muxed in.
+
+Identities, one of:
+  --prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]    pairs in order
+  --spec FILE.json     {"prompt": ..., "identities": [{"ref": ..., "audio": ..., "text": ...}, ...]} or a list of them
+  --batch FILE.txt     one sample per line: prompt@@img1@@audio1[@@img2@@audio2 ...] (OmniAvatar's format)
+
+Weights (local directories only):
+  --model DIR          a trained model (save_pretrained dir, or a training output dir with model/ + train_config.json)
+  --model tiny         a random tiny model (seeded): runs on a CPU without training; the video is noise
+  --wan-dir, --audio-dir   Wan2.1 diffusers snapshot and wav2vec2 snapshot (default: the training config's); a tiny
+                       model without them uses the tiny random encoders it was trained with
+
+examples:
+  interacthuman sample --model tiny --prompt "two people talk" \\
+      --ref datasets/samples/images/face_recognition_obama.jpg \\
+      --audio datasets/samples/audio/per_speaker/multitalk_multi3_1-man.wav \\
+      --ref datasets/samples/images/face_recognition_biden.jpg \\
+      --audio datasets/samples/audio/per_speaker/multitalk_multi3_1-woman.wav --out /tmp/out.mp4 --save-masks
+  interacthuman sample --model runs/train-stage2-multi --batch prompts.txt --out outputs/
+"""
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate a video from a prompt and (image, audio) pairs",
+                       description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--prompt", metavar="TEXT", help="the scene caption (with --ref/--audio)")
+    g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="reference image of a person (repeat)")
+    g.add_argument("--audio", action="append", default=[], metavar="AUDIO", help="that person's audio track (repeat)")
+    g.add_argument("--spec", metavar="FILE.json", help="JSON spec of one sample or a list of samples")
+    g.add_argument("--batch", metavar="FILE.txt", help="lines prompt@@img1@@audio1[@@img2@@audio2 ...]")
+    g.add_argument("--out", "-o", metavar="PATH",
+                   help="output MP4 (default sample.mp4), or a directory for several samples (default samples/)")
+    g.add_argument("--save-masks", action="store_true",
+                   help="also write <out>.masks.mp4 (mask overlay) and <out>.masks.npz (the masks)")
+    w = p.add_argument_group("weights")
+    w.add_argument("--model", required=True, metavar="DIR|tiny", help="trained model directory, or 'tiny'")
+    w.add_argument("--wan-dir", metavar="DIR", help="Wan2.1 diffusers snapshot (VAE, UMT5, tokenizer)")
+    w.add_argument("--audio-dir", metavar="DIR", help="wav2vec2 snapshot")
+    w.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    w.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="model dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    w.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: 1 for a tiny model on the CPU, where more threads mostly "
+                        "spin; torch's default otherwise)")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--solver", default="unipc", choices=("unipc", "euler"))
+    s.add_argument("--guidance", type=float, default=6.5, help="one CFG scale for text and audio (1: no CFG)")
+    s.add_argument("--mask-start", type=int, default=10, metavar="STEP",
+                   help="denoising steps before predicted masks gate the audio (default 10)")
+    s.add_argument("--early-audio", default="global", choices=("global", "withheld"),
+                   help="audio before --mask-start with several people: everywhere, or none (default global)")
+    s.add_argument("--mask-threshold", default="0.5", metavar="P|soft",
+                   help="gate = mask >= P (default 0.5), or 'soft' to gate with the probabilities")
+    s.add_argument("--fps", type=float, default=25.0)
+    s.add_argument("--height", type=int, help="video height (default: the training config's, or the model's)")
+    s.add_argument("--width", type=int, help="video width")
+    s.add_argument("--ref-size", type=int, help="reference image side")
+    s.add_argument("--window-frames", type=int, metavar="N", help="frames per window, 1 + 4k (81 real, 33 tiny)")
+    s.add_argument("--motion-frames", type=int, metavar="N",
+                   help="frames a window reuses from the previous one, 1 + 4k (25 real, 9 tiny)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (and the random tiny model's)")
+
+
+RUN_HELP = """\
+From raw videos to a trained model and a sampled clip: curate, precompute features, train each stage (the second
+starts from the first), then sample. A run recipe names the curation recipe, the training recipes and what to sample
+(see pipeline/end_to_end.py). Every step resumes where it stopped when the command is run again.
+
+examples:
+  interacthuman run                                     # the debug run on datasets/samples, tiny model, CPU
+  interacthuman run datasets/recipes/run/debug.yaml --set nproc=2
+"""
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="raw videos -> shards -> trained model -> sampled clip", description=RUN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", nargs="?", default=str(PROJECT_ROOT / "datasets" / "recipes" / "run" / "debug.yaml"),
+                   help="run recipe YAML (default: datasets/recipes/run/debug.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-recipe field, e.g. --set nproc=2 (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interacthuman",
@@ -79,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_probe(sub)
     _add_ls(sub)
     _add_inspect(sub)
+    _add_precompute(sub)
+    _add_train(sub)
+    _add_run(sub)
+    _add_sample(sub)
     args = parser.parse_args(argv)
     if args.command == "curate":
         return _curate(args)
@@ -86,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         return _probe(args)
     if args.command == "ls":
         return _ls(args)
+    if args.command in ("train", "precompute"):
+        return _train(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "sample":
+        return _sample(args)
     if args.command == "inspect":
         from pipeline.inspect import inspect_run
 
@@ -134,7 +268,7 @@ def _curate(args: argparse.Namespace) -> int:
     from pipeline.run import curate, print_stats
 
     try:
-        stats = curate(recipe, log=lambda m: print(m, file=sys.stderr, flush=True))
+        stats = curate(recipe, log=lambda m: print(m, file=sys.stderr, flush=True), worker_logs=args.worker_logs)
     except (SourceError, StageError, RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -142,6 +276,125 @@ def _curate(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
     else:
         print_stats(stats, recipe.output)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.end_to_end import load_run_recipe, run
+    from pipeline.recipe import RecipeError
+
+    try:
+        recipe = load_run_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = run(recipe, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from model.train import load_train_config
+    from pipeline.recipe import RecipeError
+
+    try:
+        cfg = load_train_config(args.recipe, args.overrides)
+    except (RecipeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.command == "precompute" or args.precompute:
+        from model.precompute import precompute
+
+        precompute(cfg, getattr(args, "address", None), log=log)
+        if args.command == "precompute":
+            return 0
+    if args.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "model.train", args.recipe, *sum((["--set", o] for o in args.overrides), [])]
+        return subprocess.call(cmd, cwd=PROJECT_ROOT)
+    from model.train import train
+
+    last = train(cfg)
+    print(json.dumps(last))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from model.sample_inputs import InputError, load_request, read_batch_file, read_spec, request_from_args, \
+        request_summary
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    # 1. everything that can be checked without loading a model
+    try:
+        ways = [bool(args.ref or args.audio), bool(args.spec), bool(args.batch)]
+        if sum(ways) != 1:
+            raise InputError("give the people one way: --ref/--audio pairs, --spec FILE.json or --batch FILE.txt")
+        if args.spec:
+            requests = read_spec(args.spec)
+        elif args.batch:
+            requests = read_batch_file(args.batch)
+        else:
+            requests = [request_from_args(args.prompt, args.ref, args.audio)]
+        from model.sample import SamplingConfig, check_encoder_dirs, check_sizes, resolve_model_source, \
+            resolve_sampling_config
+
+        source = resolve_model_source(args.model)
+        wan_dir = args.wan_dir or source.train_config.get("wan_dir")
+        audio_dir = args.audio_dir or source.train_config.get("audio_dir")
+        check_encoder_dirs(source, wan_dir, audio_dir)
+        try:
+            threshold = None if args.mask_threshold == "soft" else float(args.mask_threshold)
+        except ValueError:
+            raise InputError(f"--mask-threshold {args.mask_threshold}: expected a number in (0, 1) or 'soft'") from None
+        cfg = resolve_sampling_config(source, SamplingConfig(
+            steps=args.steps, solver=args.solver, guidance_scale=args.guidance, mask_start_step=args.mask_start,
+            early_audio=args.early_audio, mask_threshold=threshold, fps=args.fps, height=args.height,
+            width=args.width, ref_size=args.ref_size, window_frames=args.window_frames,
+            motion_frames=args.motion_frames, seed=args.seed))
+        out_dir = args.out and (args.out.endswith("/") or Path(args.out).is_dir())
+        if len(requests) == 1 and not out_dir:
+            outs = [Path(args.out or "sample.mp4")]
+        else:
+            outs = [Path(args.out or "samples") / f"{r.name}.mp4" for r in requests]
+        if any(o.suffix.lower() != ".mp4" for o in outs):
+            raise InputError(f"--out {args.out}: give an .mp4 file (one sample) or a directory")
+        if len(set(outs)) < len(outs):
+            raise InputError("two samples would write the same file; give the spec entries distinct names")
+        loaded = []
+        for r in requests:
+            check_sizes(source.config, cfg, len(r.identities))
+            loaded.append(load_request(r))
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for item in loaded:
+        log(request_summary(item, cfg.fps))
+    # 2. load and sample
+    import torch
+
+    from model.sample import InterActHumanSampler, pick_device
+
+    if args.threads or (pick_device(args.device).type == "cpu" and not source.expects_real_encoders):
+        torch.set_num_threads(args.threads or 1)
+
+    sampler = InterActHumanSampler.from_dirs(source.name, wan_dir, audio_dir, device=args.device, dtype=args.dtype,
+                                             seed=args.seed)
+    for note in sampler.notes:
+        log(note)
+    for item, out in zip(loaded, outs):
+        result = sampler.sample_request(item, cfg, progress=log)
+        for note in result.notes:
+            if note not in item.notes:  # those were printed with the inputs
+                log(f"note: {note}")
+        written = result.write(out, save_masks=args.save_masks, extra={
+            "request": {"origin": item.request.origin, "identities": [
+                {"ref": i.ref, "audio": i.audio, "text": i.text} for i in item.request.identities]},
+            "model": source.name, "loading": sampler.notes})
+        print(f"wrote {', '.join(str(p) for p in written)} ({result.num_frames} frames, "
+              f"{result.duration:.2f} s, {result.seconds:.1f} s to sample)")
     return 0
 
 

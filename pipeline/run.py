@@ -46,22 +46,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def init_ray(address: str | None, log: Callable[[str], None]) -> Any:
+def init_ray(address: str | None, log: Callable[[str], None], worker_logs: bool = False) -> Any:
+    """Start a local Ray, or join ``address``. Worker output (mediapipe's C++ log lines among it) is forwarded to
+    this console only with ``worker_logs``; it is always in Ray's session logs, and exceptions still surface here."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return ray
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": worker_logs}
+    env_vars = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
     if address:
         root = Path(__file__).resolve().parents[1]
         # Ship this checkout's code to the cluster's workers (the cluster image installs the dependencies).
-        kwargs["runtime_env"] = {"py_modules": [str(root / "pipeline"), str(root / "stages"), str(root / "model")]}
+        kwargs["runtime_env"] = {"py_modules": [str(root / "pipeline"), str(root / "stages"), str(root / "model")],
+                                 "env_vars": env_vars}
         ray.init(address=address, **kwargs)
         log(f"joined Ray cluster at {address}: {ray.cluster_resources()}")
     else:
-        ray.init(**kwargs)
-        log(f"started local Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs")
+        ray.init(runtime_env={"env_vars": env_vars}, **kwargs)
+        log(f"started local Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs"
+            + ("" if worker_logs else " (worker logs: /tmp/ray/session_latest/logs; --worker-logs shows them here)"))
     return ray
 
 
@@ -77,7 +83,7 @@ def stage_groups(stages: list[Any]) -> list[tuple[bool, list[Any]]]:
     return groups
 
 
-def curate(recipe: Recipe, log: Callable[[str], None] = print) -> dict[str, Any]:
+def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool = False) -> dict[str, Any]:
     """Run the recipe to the end (or resume it). Returns this run's stats."""
     from stages import build_stages
 
@@ -112,7 +118,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print) -> dict[str, Any]
 
         t0 = time.time()
         if the_plan.todo:
-            ray = init_ray(recipe.run.address, log)
+            ray = init_ray(recipe.run.address, log, worker_logs)
             _execute(ray, recipe, the_plan.todo, stages, run_dir, run_id, fingerprint,
                      ExtractOp, ProbeOp, StageGroupOp, ShardSink, spec_from_recipe)
         wall = time.time() - t0
@@ -159,8 +165,7 @@ def _execute(ray: Any, recipe: Recipe, todo: list[tuple[str, int]], stages: list
     for wants_gpu, group in stage_groups(stages):
         use_gpu = wants_gpu and gpus > 0
         ds = ds.map_batches(
-            StageGroupOp, batch_size=1,
-            num_cpus=recipe.run.stage_cpus, num_gpus=1 if use_gpu else 0,
+            StageGroupOp, batch_size=1, num_cpus=recipe.run.stage_cpus, num_gpus=1 if use_gpu else 0,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus)) if use_gpu else n_stage),
             fn_constructor_kwargs={"stage_configs": [(s.name, recipe.stages[s.name]) for s in group],
                                    "reraise": reraise},

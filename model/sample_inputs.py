@@ -1,0 +1,274 @@
+"""What the sampler is asked for: a prompt and N (reference image, audio) identities, from the command line, a JSON
+spec or an OmniAvatar-style batch file, checked before any model loads.
+
+Three ways to say it (docs/SAMPLING.md has the full description):
+
+* command line: ``--prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]`` (pairs in order);
+* JSON spec: ``{"prompt": ..., "identities": [{"ref": ..., "audio": ..., "text": ...}, ...], "name": ...}`` or a list
+  of such objects; ``text`` (optional) describes that identity and is appended to the prompt, ``name`` (optional)
+  names the output file of a list entry;
+* batch file, OmniAvatar's line format extended to N identities: ``prompt@@img1@@audio1[@@img2@@audio2 ...]``, one
+  sample per line; blank lines and lines starting with ``#`` are skipped; a prompt cannot contain ``@@``.
+
+Relative paths in a spec or batch file are looked up next to that file first, then in the current directory
+(OmniAvatar's example lists are written relative to the repository root).
+
+:func:`load_request` reads every image and audio track and raises :class:`InputError` naming the input that is
+unusable: a missing or unreadable file, an image too small, a file without audio, a track too short, no identity.
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AUDIO_RATE = 16_000
+MIN_AUDIO_SECONDS = 0.2  # shortest usable track (wav2vec2 needs 25 ms; a video needs a few frames)
+MIN_IMAGE_SIDE = 16
+SPEC_KEYS = ("prompt", "identities", "name")
+IDENTITY_KEYS = ("ref", "audio", "text")
+
+
+class InputError(ValueError):
+    """A sampling input is missing, unreadable or inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class IdentityInput:
+    ref: str  # reference image path
+    audio: str  # audio path (any format FFmpeg reads, or a video's audio track)
+    text: str = ""  # optional phrase describing this identity, appended to the prompt
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prompt: str
+    identities: tuple[IdentityInput, ...]
+    origin: str  # where it was given, for messages: "command line", "spec.json", "batch.txt line 3"
+    name: str = "sample"  # output file stem when several samples are written to one directory
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt followed by each identity's text (the model has one caption, as in training)."""
+        parts = [self.prompt.strip()] + [i.text.strip() for i in self.identities if i.text.strip()]
+        return " ".join(p for p in parts if p)
+
+
+@dataclass
+class LoadedRequest:
+    request: SampleRequest
+    images: list[np.ndarray]  # RGB uint8 [H, W, 3] per identity
+    tracks: list[np.ndarray]  # float32 mono 16 kHz per identity (as read; shorter ones are padded at sampling)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """Length of the output: the longest track."""
+        return max(len(t) for t in self.tracks) / AUDIO_RATE
+
+    def num_frames(self, fps: float) -> int:
+        return output_frames(self.seconds, fps)
+
+
+def output_frames(seconds: float, fps: float) -> int:
+    """Frames of a video covering ``seconds`` of audio at ``fps``: round(seconds * fps), at least 1."""
+    return max(1, int(round(seconds * fps)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building requests
+# --------------------------------------------------------------------------------------------------------------
+
+
+def request_from_args(prompt: str | None, refs: list[str], audios: list[str]) -> SampleRequest:
+    """``--prompt``, ``--ref`` and ``--audio`` (repeated, paired in order)."""
+    refs, audios = list(refs or []), list(audios or [])
+    if not refs and not audios:
+        raise InputError("no identity given: pass --ref IMAGE --audio AUDIO once per person (or --spec / --batch)")
+    if len(refs) != len(audios):
+        raise InputError(
+            f"got {len(refs)} --ref image(s) and {len(audios)} --audio track(s); give one --audio per --ref, "
+            f"in the same order (--ref IMG1 --audio AUD1 --ref IMG2 --audio AUD2 ...)"
+        )
+    if prompt is None or not prompt.strip():
+        raise InputError("--prompt is required with --ref/--audio (describe the scene)")
+    return SampleRequest(prompt, tuple(IdentityInput(r, a) for r, a in zip(refs, audios)), "command line")
+
+
+def _resolve(path: str, base: Path, what: str, origin: str) -> str:
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for candidate in (base / p, Path.cwd() / p):
+        if candidate.exists():
+            return str(candidate)
+    raise InputError(f"{origin}: {what} {path!r} not found (looked in {base} and in {Path.cwd()})")
+
+
+def read_spec(path: str | Path) -> list[SampleRequest]:
+    """A JSON spec: one object or a list of objects with ``prompt``, ``identities`` and optionally ``name``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--spec {path}: file not found")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"--spec {path}: not valid JSON ({e})") from None
+    entries = raw if isinstance(raw, list) else [raw]
+    if not entries:
+        raise InputError(f"--spec {path}: the list is empty")
+    out = []
+    for k, entry in enumerate(entries):
+        origin = f"{path}" if not isinstance(raw, list) else f"{path} entry {k}"
+        if not isinstance(entry, dict):
+            raise InputError(f"{origin}: expected an object with prompt and identities, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - set(SPEC_KEYS))
+        if unknown:
+            raise InputError(f"{origin}: unknown key(s) {unknown}; allowed: {', '.join(SPEC_KEYS)}")
+        prompt = entry.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"{origin}: 'prompt' must be a non-empty string")
+        idents = entry.get("identities")
+        if not isinstance(idents, list) or not idents:
+            raise InputError(f"{origin}: 'identities' must be a non-empty list of {{\"ref\": ..., \"audio\": ...}}")
+        parsed = []
+        for i, ident in enumerate(idents):
+            where = f"{origin} identity {i}"
+            if not isinstance(ident, dict):
+                raise InputError(f"{where}: expected an object with 'ref' and 'audio'")
+            unknown = sorted(set(ident) - set(IDENTITY_KEYS))
+            if unknown:
+                raise InputError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(IDENTITY_KEYS)}")
+            missing = [k for k in ("ref", "audio") if not isinstance(ident.get(k), str) or not ident.get(k)]
+            if missing:
+                raise InputError(f"{where}: needs {' and '.join(repr(m) for m in missing)} (a path)")
+            text = ident.get("text", "")
+            if not isinstance(text, str):
+                raise InputError(f"{where}: 'text' must be a string")
+            parsed.append(IdentityInput(_resolve(ident["ref"], path.parent, "image", where),
+                                        _resolve(ident["audio"], path.parent, "audio", where), text))
+        name = entry.get("name", f"sample_{k:03d}" if isinstance(raw, list) else "sample")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise InputError(f"{origin}: 'name' must be a file stem (no '/')")
+        out.append(SampleRequest(prompt, tuple(parsed), origin, name))
+    return out
+
+
+def parse_batch_line(line: str, origin: str, base: Path) -> SampleRequest:
+    """``prompt@@img1@@audio1[@@img2@@audio2 ...]``."""
+    fields = [f.strip() for f in line.split("@@")]
+    if len(fields) < 3 or len(fields) % 2 == 0:
+        raise InputError(
+            f"{origin}: expected prompt@@image@@audio[@@image@@audio ...] (an image and an audio per person), "
+            f"got {len(fields)} field(s)"
+        )
+    prompt, pairs = fields[0], fields[1:]
+    if not prompt:
+        raise InputError(f"{origin}: the prompt (before the first @@) is empty")
+    idents = []
+    for i in range(0, len(pairs), 2):
+        img, aud = pairs[i], pairs[i + 1]
+        if not img or not aud:
+            raise InputError(f"{origin}: identity {i // 2} has an empty {'image' if not img else 'audio'} field")
+        where = f"{origin} identity {i // 2}"
+        idents.append(IdentityInput(_resolve(img, base, "image", where), _resolve(aud, base, "audio", where)))
+    return SampleRequest(prompt, tuple(idents), origin)
+
+
+def read_batch_file(path: str | Path) -> list[SampleRequest]:
+    """One request per non-empty, non-comment line; output names ``<line number>`` zero-padded."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--batch {path}: file not found")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        req = parse_batch_line(line, f"{path} line {n}", path.parent)
+        out.append(SampleRequest(req.prompt, req.identities, req.origin, f"line_{n:04d}"))
+    if not out:
+        raise InputError(f"--batch {path}: no sample lines (format: prompt@@image@@audio[@@image@@audio ...])")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading and checking the media
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_image(path: str, label: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3] with EXIF orientation applied; InputError naming ``label`` otherwise."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{label}: image {path} not found")
+    try:
+        with Image.open(p) as im:
+            im = ImageOps.exif_transpose(im)
+            img = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"{label}: {path} is not a readable image ({type(e).__name__}: {e})") from None
+    if min(img.shape[:2]) < MIN_IMAGE_SIDE:
+        raise InputError(f"{label}: image {path} is {img.shape[1]}x{img.shape[0]}; need at least "
+                         f"{MIN_IMAGE_SIDE} pixels a side")
+    return img
+
+
+def load_track(path: str, label: str) -> np.ndarray:
+    """float32 mono 16 kHz samples; InputError naming ``label`` for a missing file, no audio, or too short."""
+    from pipeline.media import MediaError, load_audio
+
+    if not Path(path).is_file():
+        raise InputError(f"{label}: audio {path} not found")
+    try:
+        x = load_audio(str(path), AUDIO_RATE)
+    except MediaError as e:
+        raise InputError(f"{label}: {e}") from None
+    if len(x) < MIN_AUDIO_SECONDS * AUDIO_RATE:
+        raise InputError(f"{label}: audio {path} lasts {len(x) / AUDIO_RATE:.3f} s; need at least "
+                         f"{MIN_AUDIO_SECONDS} s")
+    if not np.isfinite(x).all():
+        raise InputError(f"{label}: audio {path} holds non-finite samples")
+    return x
+
+
+def load_request(req: SampleRequest, max_identities: int | None = None) -> LoadedRequest:
+    """Read every image and track of ``req``; InputError on the first unusable one (named)."""
+    n = len(req.identities)
+    if n == 0:
+        raise InputError(f"{req.origin}: no identity")
+    if max_identities is not None and n > max_identities:
+        raise InputError(f"{req.origin}: {n} identities, but this model and window size take at most "
+                         f"{max_identities}")
+    images, tracks = [], []
+    for i, ident in enumerate(req.identities):
+        images.append(load_image(ident.ref, f"{req.origin}: identity {i} (--ref)"))
+        tracks.append(load_track(ident.audio, f"{req.origin}: identity {i} (--audio)"))
+    notes = []
+    lengths = [len(t) / AUDIO_RATE for t in tracks]
+    if max(lengths) - min(lengths) > 0.05:
+        notes.append("audio tracks differ in length (" + ", ".join(f"{s:.2f} s" for s in lengths)
+                     + f"); the video lasts {max(lengths):.2f} s and shorter tracks are padded with silence")
+    return LoadedRequest(req, images, tracks, notes)
+
+
+def request_summary(loaded: LoadedRequest, fps: float) -> str:
+    req = loaded.request
+    lines = [f"{req.origin}: {len(req.identities)} identit{'y' if len(req.identities) == 1 else 'ies'}, "
+             f"{loaded.seconds:.2f} s -> {loaded.num_frames(fps)} frames at {fps:g} fps; prompt: {req.full_prompt!r}"]
+    for i, (ident, img, trk) in enumerate(zip(req.identities, loaded.images, loaded.tracks)):
+        lines.append(f"  #{i}: {ident.ref} ({img.shape[1]}x{img.shape[0]}) + {ident.audio} "
+                     f"({len(trk) / AUDIO_RATE:.2f} s)")
+    return "\n".join(lines + [f"  note: {n}" for n in loaded.notes])
+
+
+def as_dict(req: SampleRequest) -> dict[str, Any]:
+    """The JSON-spec form of a request (written next to outputs for lineage)."""
+    return {"prompt": req.prompt, "name": req.name,
+            "identities": [{"ref": i.ref, "audio": i.audio, "text": i.text} for i in req.identities]}

@@ -1,0 +1,420 @@
+"""Train InterActHuman on curated shards. Launch with torchrun (or plainly, for one process):
+
+    torchrun --nproc_per_node 8 -m model.train datasets/recipes/train/stage1_audio.yaml
+    python -m model.train datasets/recipes/train/debug_multi.yaml --set steps=20
+
+A training recipe (YAML, validated like curation recipes: unknown keys and bad values name the file and field) says
+which model, which data, which stage, and the optimisation. Two stages, as the paper trains:
+
+* ``stage: audio``  single-person audio pre-training: global audio (gates all ones), flow-matching loss only
+  (the mask heads are frozen: nothing trains them);
+* ``stage: multi``  multi-concept fine-tuning: each identity's audio gated by its ground-truth mask, flow matching
+  plus the focal mask loss (1:1), frames flagged invalid excluded.
+
+The output directory holds ``checkpoints/step_*`` (DCP: model, optimizer; scheduler, data position and RNG per rank;
+``latest`` names the newest complete one), ``metrics.jsonl``, TensorBoard events in ``tb/``, ``loss_curve.png`` and
+the final ``model/`` (``save_pretrained``, what the sampler loads). Rerunning the same command resumes from
+``latest`` and continues the same loss curve: noise and timesteps come from generators seeded by
+(seed, step, micro-batch, rank), and the data stream restarts at its saved position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STAGES = ("audio", "multi")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainConfig:
+    name: str = "debug"
+    output: str = "runs/train-debug"
+    data: str = "runs/default"  # a curation run directory (shards), or a feature directory from precompute
+    stage: str = "audio"
+    # model and weights
+    model: str = "tiny"  # a named model config (model.config.CONFIGS)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    wan_dir: str | None = None  # Wan2.1 diffusers snapshot: transformer/, vae/, text_encoder/, tokenizer/
+    audio_dir: str | None = None  # wav2vec2 snapshot
+    init_from: str | None = None  # an InterActHuman model directory (save_pretrained), e.g. stage 1's output/model
+    encoder_seed: int = 0  # tiny random encoders (no wan_dir): their seed
+    # data
+    frames: int = 9
+    height: int = 64
+    width: int = 64
+    ref_size: int = 32
+    max_identities: int = 3
+    windows_per_clip: int = 2
+    # optimisation
+    steps: int = 20
+    batch_size: int = 1  # per rank and micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    text_drop: float = 0.1  # classifier-free guidance dropout of the caption
+    audio_drop: float = 0.1  # ... and of the audio
+    # execution
+    param_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    activation_checkpointing: bool = True
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    path: str | None = None
+
+    def validate(self) -> None:
+        from model.config import CONFIGS
+
+        def bad(f: str, msg: str) -> None:
+            from pipeline.recipe import RecipeError
+
+            raise RecipeError(f"{f}: {msg}")
+
+        if self.stage not in STAGES:
+            bad("stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.model not in CONFIGS:
+            bad("model", f"must be one of {', '.join(CONFIGS)}, got {self.model!r}")
+        if self.param_dtype not in ("auto", *DTYPES):
+            bad("param_dtype", f"must be auto, fp32 or bf16, got {self.param_dtype!r}")
+        for f in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, f) < 1:
+                bad(f, f"must be >= 1, got {getattr(self, f)}")
+        for f in ("lr", "grad_clip"):
+            if getattr(self, f) <= 0:
+                bad(f, f"must be > 0, got {getattr(self, f)}")
+        for f in ("text_drop", "audio_drop", "min_lr_ratio"):
+            if not 0 <= getattr(self, f) <= 1:
+                bad(f, f"must be in [0, 1], got {getattr(self, f)}")
+        if len(self.betas) != 2:
+            bad("betas", f"expected two numbers, got {self.betas}")
+        if self.wan_dir and not self.audio_dir:
+            bad("audio_dir", "real weights (wan_dir) need a wav2vec2 snapshot too")
+        try:
+            self.data_config()
+            self.model_config()
+        except ValueError as e:
+            bad("data/model", str(e))
+
+    def data_config(self):
+        from model.data import DataConfig
+
+        return DataConfig(frames=self.frames, height=self.height, width=self.width, ref_size=self.ref_size,
+                          max_identities=self.max_identities, windows_per_clip=self.windows_per_clip, seed=self.seed)
+
+    def model_config(self):
+        from model.config import get_config
+
+        return get_config(self.model, **self.model_overrides)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read and validate a training recipe; paths are relative to the recipe file."""
+    import yaml
+
+    from pipeline.recipe import RecipeError, _apply_override, _resolve, build_section
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: training recipe not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for ov in overrides or []:
+        _apply_override(raw, ov, str(path))
+    try:
+        cfg = build_section(TrainConfig, raw, "recipe")
+        base = path.resolve().parent
+        for f in ("output", "data", "wan_dir", "audio_dir", "init_from"):
+            if getattr(cfg, f):
+                setattr(cfg, f, _resolve(getattr(cfg, f), base))
+        cfg.path = str(path.resolve())
+        cfg.validate()
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig) -> Any:
+    from model.interacthuman import InterActHumanModel
+
+    if cfg.init_from:
+        return InterActHumanModel.from_pretrained(cfg.init_from)
+    if cfg.wan_dir:
+        overrides = {k: v for k, v in dataclasses.asdict(cfg.model_config()).items()
+                     if k not in _backbone_keys()}
+        model, report = InterActHumanModel.from_wan_pretrained(cfg.wan_dir, **overrides)
+        print(f"loaded Wan2.1 backbone from {cfg.wan_dir}; newly initialised: {', '.join(report.new_modules)}",
+              file=sys.stderr)
+        return model
+    torch.manual_seed(cfg.seed)
+    return InterActHumanModel.from_model_config(cfg.model_config())
+
+
+def _backbone_keys() -> set[str]:
+    from model.config import WAN_BACKBONE_KEYS
+
+    return set(WAN_BACKBONE_KEYS)
+
+
+def build_stack(cfg: TrainConfig) -> Any:
+    from model.stack import EncoderStack
+
+    if cfg.wan_dir:
+        return EncoderStack.from_dirs(cfg.wan_dir, cfg.audio_dir)
+    return EncoderStack.tiny(cfg.model_config(), seed=cfg.encoder_seed)
+
+
+def find_shards(data: str, cfg: TrainConfig) -> tuple[list[Path], bool]:
+    """(shards, are_features): precomputed feature shards for this data config if present, else curated shards."""
+    from model.precompute import feature_dir
+    from pipeline.manifest import committed_shards
+
+    d = Path(data)
+    feats = feature_dir(d, cfg) if (d / "run.json").exists() else d
+    done = sorted(feats.glob("*.tar")) if feats.is_dir() and (feats / "DONE").exists() else []
+    if done:
+        return done, True
+    if (d / "run.json").exists():
+        return committed_shards(d), False
+    tars = sorted(d.glob("*.tar"))
+    return tars, bool(tars) and (d / "DONE").exists()
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 8191 + rank)
+
+
+def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.Generator, device: torch.device,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One micro-batch: noise, flow time, CFG dropout, forward, flow + focal losses, batch mask IoU."""
+    from model.losses import flow_matching_pair, interacthuman_loss, sample_flow_time
+
+    x0 = batch["latents"]
+    B = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=g)
+    t = sample_flow_time(B, model.model_config.flow_shift, g)
+    xt, target = flow_matching_pair(x0, noise, t)
+    keep_text = (torch.rand(B, generator=g) >= cfg.text_drop).float()
+    keep_audio = (torch.rand(B, generator=g) >= cfg.audio_drop).float()
+    text = batch["text_emb"] * keep_text[:, None, None]
+    audio = batch["audio_feats"] * keep_audio[:, None, None, None]
+    multi = cfg.stage == "multi"
+    gates = batch["mask_target"] if multi else None
+    if multi:  # a sample without masks gets global audio and no mask loss
+        no_masks = ~batch["has_masks"]
+        gates = torch.where(no_masks[:, None, None, None, None], torch.ones_like(gates), gates)
+    to = dict(device=device)
+    out = model(
+        latents=xt.to(**to, dtype=dtype), timestep=(t * 1000).to(**to), text_emb=text.to(**to, dtype=dtype),
+        ref_latents=batch["ref_latents"].to(**to, dtype=dtype), audio_feats=audio.to(**to, dtype=dtype),
+        audio_gates=gates.to(**to, dtype=dtype) if gates is not None else None,
+        identity_valid=batch["identity_valid"].to(device),
+    )
+    mask_valid = batch["mask_valid"] & batch["has_masks"][:, None, None]
+    losses = interacthuman_loss(
+        out, target.to(device), batch["mask_target"].to(device) if multi else None,
+        mask_valid.to(device) if multi else None, batch["identity_valid"].to(device),
+    )
+    if multi and out.mask is not None:
+        losses["mask_iou"] = mask_iou(out.mask.detach().float().cpu(), batch["mask_target"], mask_valid)
+    return losses
+
+
+def mask_iou(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean IoU of (probs > 0.5) against binary targets over valid (identity, frame) pairs; nan when none."""
+    pred = probs > 0.5
+    tgt = target > 0.5
+    inter = (pred & tgt).flatten(3).sum(-1).float()
+    union = (pred | tgt).flatten(3).sum(-1).float()
+    ok = valid & (union > 0)
+    if not ok.any():
+        return torch.tensor(float("nan"))
+    return (inter[ok] / union[ok]).mean()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Train to ``cfg.steps`` (resuming from the latest checkpoint); ``stop_after`` ends early (tests)."""
+    import torch.distributed as dist
+
+    from model.data import ExampleStream, collate
+    from model.parallelize import (
+        export_model,
+        init_distributed,
+        latest_checkpoint,
+        load_checkpoint,
+        parallelize,
+        save_checkpoint,
+    )
+
+    rank, world, device = init_distributed()
+    dtype = DTYPES["bf16" if device.type == "cuda" else "fp32"] if cfg.param_dtype == "auto" else DTYPES[cfg.param_dtype]
+    out = Path(cfg.output)
+    ckpt_dir = out / "checkpoints"
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    shards, features = find_shards(cfg.data, cfg)
+    stack = None if features else build_stack(cfg)
+    stream = ExampleStream(shards, cfg.data_config(), stack, rank=rank, world=world)
+
+    model = build_model(cfg)
+    model.train()
+    if cfg.stage == "audio":  # no mask loss in stage 1: the mask heads stay as initialised (stage 2 trains them)
+        for name, p in model.named_parameters():
+            if ".mask_head." in f".{name}":
+                p.requires_grad_(False)
+    model = parallelize(model, device, param_dtype=dtype, activation_checkpointing=cfg.activation_checkpointing,
+                        compile_blocks=cfg.compile)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+    start = 0
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        start, extras = load_checkpoint(latest, model, optimizer, scheduler)
+        if "data" in extras:
+            stream.load_state_dict(extras["data"])
+        if "rng" in extras:
+            torch.random.set_rng_state(extras["rng"])
+        if rank == 0:
+            print(f"resumed from {latest} at step {start}", file=sys.stderr)
+
+    writer = None
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+    it = iter(stream)
+    last: dict[str, Any] = {}
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for micro in range(cfg.grad_accum):
+            batch = collate([next(it) for _ in range(cfg.batch_size)], cfg.max_identities)
+            losses = compute_loss(model, batch, cfg, step_generator(cfg, step, micro, rank), device, dtype)
+            (losses["loss"] / cfg.grad_accum).backward()
+            for k, v in losses.items():
+                v = v.detach()
+                if torch.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                    counts[k] = counts.get(k, 0) + 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        optimizer.step()
+        scheduler.step()
+        local = torch.tensor([sums.get(k, 0.0) / max(1, counts.get(k, 0)) if counts.get(k) else float("nan")
+                              for k in ("loss", "flow", "mask", "mask_iou")], dtype=torch.float64)
+        if dist.is_initialized():
+            stacked = [torch.zeros_like(local) for _ in range(world)]
+            dist.all_gather(stacked, local)
+            local = torch.stack(stacked).nanmean(dim=0)
+        last = {"step": step + 1, "loss": float(local[0]), "flow": float(local[1]), "mask": float(local[2]),
+                "mask_iou": float(local[3]), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "step_s": round(time.perf_counter() - t0, 4), "examples": (step + 1) * cfg.batch_size * cfg.grad_accum * world}
+        if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(last) + "\n")
+            for k in ("loss", "flow", "mask", "mask_iou", "lr", "grad_norm"):
+                if not math.isnan(last[k]):
+                    writer.add_scalar(f"train/{k}", last[k], step + 1)
+            print(f"step {step + 1}/{cfg.steps} loss {last['loss']:.4f} (flow {last['flow']:.4f} mask "
+                  f"{last['mask']:.4f}) lr {last['lr']:.2e} {last['step_s']:.2f}s", file=sys.stderr, flush=True)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler,
+                            {"data": stream.state_dict(), "rng": torch.random.get_rng_state()},
+                            keep=cfg.keep_checkpoints)
+    if end == cfg.steps:
+        export_model(out / "model", model)
+    if rank == 0:
+        writer.close()
+        plot_metrics(metrics_path, out / "loss_curve.png")
+    return last
+
+
+def plot_metrics(metrics_path: Path, png: Path) -> None:
+    """Loss (total, flow, mask) and mask IoU over steps, from metrics.jsonl."""
+    if not metrics_path.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    by_step = {r["step"]: r for r in rows}  # a resumed run rewrites steps; keep the last record of each
+    steps = sorted(by_step)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for k in ("loss", "flow", "mask"):
+        ys = [by_step[s][k] for s in steps]
+        if not all(math.isnan(y) for y in ys):
+            axes[0].plot(steps, ys, label=k)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    ious = [by_step[s].get("mask_iou", float("nan")) for s in steps]
+    axes[1].plot(steps, ious, color="tab:green")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("mask IoU on training batches")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="model.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this step (as if killed; for tests)")
+    args = ap.parse_args(argv)
+    cfg = load_train_config(args.recipe, args.overrides)
+    train(cfg, stop_after=args.stop_after)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

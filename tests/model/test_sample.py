@@ -1,0 +1,376 @@
+"""Sampler: window plan, solvers, mask-cached audio routing, motion frames across windows, MP4 output, input checks.
+
+Everything runs the tiny config with random weights on the CPU, at 32x32 or 64x64 and a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from model.config import get_config
+from model.sample import (
+    InterActHumanSampler,
+    frames_to_latent_masks,
+    plan_windows,
+    random_tiny_model,
+    resolve_model_source,
+)
+from model.sample_inputs import InputError, read_batch_file, read_spec
+from model.solvers import FlowSolver
+from model.stack import EncoderStack
+from pipeline.media import load_audio, wav_bytes
+from tests.conftest import SAMPLES
+
+IMAGES = SAMPLES / "images"
+MAN = SAMPLES / "audio" / "per_speaker" / "multitalk_multi3_1-man.wav"
+WOMAN = SAMPLES / "audio" / "per_speaker" / "multitalk_multi3_1-woman.wav"
+JFK = SAMPLES / "audio" / "speech" / "whisper_jfk_16k_mono.wav"
+OBAMA = IMAGES / "face_recognition_obama.jpg"
+BIDEN = IMAGES / "face_recognition_biden.jpg"
+HAPPY = IMAGES / "sadtalker_happy.png"
+
+
+@pytest.fixture(scope="module")
+def sampler() -> InterActHumanSampler:
+    return InterActHumanSampler(random_tiny_model(0), EncoderStack.tiny(get_config("tiny"), 0), device="cpu")
+
+
+def _clip(path: Path, start_s: float, seconds: float) -> np.ndarray:
+    x = load_audio(str(path))
+    return x[int(start_s * 16000) : int((start_s + seconds) * 16000)]
+
+
+def _write_wav(path: Path, x: np.ndarray) -> Path:
+    path.write_bytes(wav_bytes(x))
+    return path
+
+
+def _streams(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], (c.streams.audio[0] if c.streams.audio else None)
+        frames = sum(1 for _ in c.decode(v))
+        return {"frames": frames, "fps": float(v.average_rate), "video_s": float(v.duration * v.time_base),
+                "audio_s": float(a.duration * a.time_base) if a is not None else None,
+                "audio_codec": a.codec_context.name if a is not None else None}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Window plan and solvers (no model)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window,motion", [(33, 9), (81, 25), (9, 1), (5, 1), (17, 13)])
+@pytest.mark.parametrize("total", [1, 2, 5, 9, 33, 34, 37, 57, 58, 100, 500, 2001])
+def test_plan_windows_places_every_frame_once(total, window, motion):
+    wins = plan_windows(total, window, motion)
+    placed = np.concatenate([np.arange(w.out_start, w.out_end) for w in wins])
+    assert placed.tolist() == list(range(total))  # every output frame exactly once, in order
+    for k, w in enumerate(wins):
+        assert (w.length - 1) % 4 == 0 and w.length <= max(window, 1 + 4 * ((total + 2) // 4))
+        assert w.motion + w.keep <= w.length and w.length - (w.motion + w.keep) <= 3  # at most 3 frames dropped
+        if k == 0:
+            assert w.start == 0 and w.motion == 0
+        else:  # a later window starts on the previous window's last `motion` output frames
+            assert w.motion == motion and w.start >= 0 and w.out_start == wins[k - 1].out_end
+            assert w.motion_latents == 1 + (motion - 1) // 4
+
+
+def test_audio_windows_follow_the_timeline_across_joins():
+    from model.interacthuman import audio_window_indices
+    from model.sample import Window, window_audio_indices
+
+    first = Window(0, 0, 33, 0, 33)
+    assert torch.equal(window_audio_indices(first, 2, 200), audio_window_indices(9, 200, 2))  # as the model's
+    later = Window(1, 24, 33, 9, 24)
+    idx = window_audio_indices(later, 2, 200)
+    assert idx[0].tolist() == [19, 20, 21, 22, 23, 24, 25, 26]  # real audio before the window's first frame
+    assert idx[2].tolist() == [27 + k for k in range(8)]  # latent 2 = frames 29..32 (+-2)
+    assert window_audio_indices(Window(2, 190, 13, 9, 4), 2, 200)[-1].max() == 199  # clamped at the end only
+
+
+def test_frames_to_latent_masks_groups_like_the_vae():
+    m = np.arange(9, dtype=np.float32)[None, :, None, None] * np.ones((2, 9, 1, 1), np.float32)
+    lat = frames_to_latent_masks(m)
+    assert lat[0, :, 0, 0].tolist() == [0.0, 2.5, 6.5]  # frame 0 alone, then frames 1-4 and 5-8
+
+
+@pytest.mark.parametrize("name", ["unipc", "euler"])
+def test_solvers_follow_the_shifted_schedule_and_recover_x0(name):
+    """With the exact velocity (noise - x0, constant on the straight flow path) both solvers land on x0."""
+    solver = FlowSolver(name, steps=8, shift=3.0)
+    base = torch.linspace(1, 0, 9)[:-1]
+    expected = 3 * base / (1 + 2 * base)
+    assert torch.allclose(solver.sigmas[:-1], expected, atol=1e-5) and solver.sigmas[-1] == 0
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(1, 4, 3, 4, 4, generator=g), torch.randn(1, 4, 3, 4, 4, generator=g)
+    x = noise.clone()
+    for i in range(solver.steps):
+        x = solver.step(noise - x0, i, x)
+    assert torch.allclose(x, x0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Routing: identity i's audio reaches only the tokens of its cached mask
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _record(model):
+    """Hooks (no patched forward): the model's inputs and masks per call, block 0's audio cross-attention calls."""
+    calls, attn = [], []
+
+    def pre(_m, _args, kwargs):
+        calls.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()})
+
+    def post(_m, _args, _kwargs, out):
+        calls[-1]["mask_out"] = out.mask.detach().clone()
+
+    def attn_hook(_m, args, out):
+        attn.append({"args": [a.detach().clone() if torch.is_tensor(a) else a for a in args], "out": out.detach()})
+
+    handles = [model.register_forward_pre_hook(pre, with_kwargs=True),
+               model.register_forward_hook(post, with_kwargs=True),
+               model.blocks[0].audio_attn.register_forward_hook(attn_hook)]
+    return calls, attn, handles
+
+
+def test_routing_gates_each_identity_by_the_mask_of_the_previous_step(sampler):
+    steps, start = 6, 2
+    idents = [(OBAMA, _clip(MAN, 0.5, 0.6)), (BIDEN, _clip(WOMAN, 5.0, 0.6))]  # 15 frames: one window
+    calls, attn, handles = _record(sampler.model)
+    try:
+        result = sampler("two people talk", idents, steps=steps, mask_start_step=start, height=64, width=64)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(result.windows) == 1 and len(calls) == steps == len(attn)
+    for i, c in enumerate(calls):
+        cond_audio, uncond_audio = c["audio_feats"][0], c["audio_feats"][1]
+        assert c["latents"].shape[0] == 2  # both CFG branches in one forward
+        assert cond_audio.abs().sum() > 0 and uncond_audio.abs().sum() == 0  # uncond: zero audio
+        assert c["text_emb"][1].abs().sum() == 0 and c["text_emb"][0].abs().sum() > 0  # uncond: zero caption
+        if i < start:
+            assert c["audio_gates"] is None  # before the start step: global audio, no gating
+            continue
+        cached = (calls[i - 1]["mask_out"][0] >= 0.5).float()  # conditional row's mask of the previous step
+        assert torch.equal(c["audio_gates"][0].float(), cached)
+        assert torch.all(c["audio_gates"][1] == 1)  # the unconditional row is never gated
+        assert torch.equal(attn[i]["args"][2][0].float(), cached.flatten(1))  # what block 0 multiplies with
+
+    # effect: change identity n's audio tokens in block 0's recorded call; only tokens inside its mask move
+    module = sampler.model.blocks[0].audio_attn
+    g = torch.Generator().manual_seed(0)
+    inside_seen, outside_seen = set(), set()
+    for i in range(start, steps):
+        video, tokens, gates, frames = attn[i]["args"]
+        with torch.no_grad():
+            base = module(video, tokens, gates, frames)[0]  # conditional row [L_v, D]
+            assert torch.allclose(base, attn[i]["out"][0], atol=1e-6)
+            for n in range(tokens.shape[1]):
+                other = tokens.clone()
+                other[:, n] = torch.randn(other[:, n].shape, generator=g)
+                moved = (module(video, other, gates, frames)[0] - base).abs().sum(-1)  # [L_v]
+                inside = gates[0, n] > 0
+                assert torch.all(moved[~inside] == 0), f"step {i}: identity {n}'s audio leaks outside its mask"
+                assert torch.all(moved[inside] > 0), f"step {i}: identity {n}'s audio misses part of its mask"
+                if inside.any():
+                    inside_seen.add(n)
+                if not inside.all():
+                    outside_seen.add(n)
+    assert inside_seen == outside_seen == {0, 1}  # the masks are neither empty nor everything
+
+
+def test_withheld_early_audio_and_single_identity_global(sampler):
+    idents = [(OBAMA, _clip(MAN, 0.5, 0.3)), (BIDEN, _clip(WOMAN, 5.0, 0.3))]
+    calls, _attn, handles = _record(sampler.model)
+    try:
+        sampler("two people talk", idents, steps=3, mask_start_step=2, early_audio="withheld", height=32, width=32)
+        sampler("a woman talks", idents[:1], steps=2, mask_start_step=2, early_audio="withheld", height=32,
+                width=32, guidance_scale=1.0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls[0]["audio_feats"].abs().sum() == 0 and calls[1]["audio_feats"].abs().sum() == 0  # withheld
+    assert calls[2]["audio_feats"][0].abs().sum() > 0 and calls[2]["audio_gates"] is not None  # gated from step 2
+    assert calls[3]["audio_feats"][0].abs().sum() > 0 and calls[3]["audio_gates"] is None  # one identity: global
+    assert calls[3]["latents"].shape[0] == 1  # guidance 1: the conditional branch alone
+
+
+def test_bf16_path_as_on_cuda():
+    """The dtype plumbing of the CUDA path (bf16 model, fp32-kept modules, fp32 solver and VAE), run on the CPU."""
+    s = InterActHumanSampler(random_tiny_model(0), EncoderStack.tiny(get_config("tiny"), 0), device="cpu",
+                             dtype="bf16")
+    assert s.model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert s.model.blocks[0].norm2.weight.dtype == torch.float32  # _keep_in_fp32_modules
+    calls, _attn, handles = _record(s.model)
+    try:
+        r = s("two people talk", [(OBAMA, _clip(MAN, 0.5, 0.3)), (BIDEN, _clip(WOMAN, 5.0, 0.3))], steps=2,
+              mask_start_step=1, height=32, width=32)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls[1]["latents"].dtype == calls[1]["audio_gates"].dtype == torch.bfloat16
+    assert r.num_frames == 8 and np.isfinite(r.masks).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Windows: motion frames re-noised and clamped, masks carried across
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_motion_frames_renoised_each_step_and_masks_carried(sampler):
+    steps, start = 4, 2
+    idents = [(OBAMA, _clip(MAN, 0.0, 0.8)), (HAPPY, _clip(WOMAN, 5.0, 0.8))]  # 20 frames at 25 fps
+    calls, _attn, handles = _record(sampler.model)
+    try:
+        r = sampler("two people talk", idents, steps=steps, mask_start_step=start, height=32, width=32,
+                    window_frames=13, motion_frames=5)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [(w.start, w.length, w.motion, w.keep) for w in r.windows] == [(0, 13, 0, 13), (8, 13, 5, 7)]
+    second = calls[steps:]
+    m = r.windows[1].motion_latents
+    # the motion latents fed at step i are (1 - s_i) x0 + s_i eps with one x0 (the VAE encoding of output frames
+    # 8..12) and one eps: recover eps from two steps and compare
+    x0 = sampler.stack.vae.encode_video(torch.from_numpy(r.video[8:13]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    sig = [c["timestep"][0].item() / 1000 for c in second]
+    eps = [(c["latents"][0, :, :m] - (1 - s) * x0[0]) / s for c, s in zip(second, sig)]
+    for e in eps[1:]:
+        assert torch.allclose(e, eps[0], atol=1e-3)
+    # until the start step the second window is gated by the masks carried from the first one
+    carried = frames_to_latent_masks(r.masks[:, 8:13]) >= 0.5  # [N, m, h, w]
+    gates = second[0]["audio_gates"][0].bool().numpy()
+    assert (gates[:, :m] == carried).all() and (gates[:, m:] == carried[:, -1:]).all()
+    assert torch.equal(second[start]["audio_gates"][0].float(), (second[start - 1]["mask_out"][0] >= 0.5).float())
+    assert r.frame_window.tolist() == [0] * 13 + [1] * 7
+
+
+def test_twenty_seconds_give_one_continuous_video(sampler, tmp_path):
+    """20 s of speech at 8 fps -> 160 frames from 7 windows, each frame once, and an MP4 of 20 s with audio."""
+    speech = np.concatenate([load_audio(str(p)) for p in (JFK, MAN, WOMAN)])[: 20 * 16000]
+    assert len(speech) == 20 * 16000
+    r = sampler("a man speaks", [(HAPPY, speech)], steps=2, height=32, width=32, ref_size=16, fps=8.0,
+                window_frames=33, motion_frames=9)
+    assert r.num_frames == 160 and r.duration == 20.0 and len(r.audio) == 20 * 16000
+    assert len(r.windows) == 7 and r.frame_window.tolist() == sorted(r.frame_window.tolist())
+    assert np.bincount(r.frame_window).tolist() == [w.keep for w in r.windows]
+    for w in r.windows[1:]:  # no duplicated frame at a join
+        assert not np.array_equal(r.video[w.out_start], r.video[w.out_start - 1])
+    out = r.write(tmp_path / "long.mp4")[0]
+    s = _streams(out)
+    assert s["frames"] == 160 and s["fps"] == 8.0 and s["video_s"] == pytest.approx(20.0)
+    assert s["audio_codec"] == "aac" and s["audio_s"] == pytest.approx(20.0, abs=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command: output files, loading a training output, input checks before any model loads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_tiny_writes_video_audio_and_masks(tmp_path):
+    from pipeline.cli import main
+
+    a = _write_wav(tmp_path / "a.wav", _clip(MAN, 0.0, 1.5))
+    b = _write_wav(tmp_path / "b.wav", _clip(WOMAN, 4.0, 1.4))  # shorter: padded with silence
+    out = tmp_path / "out" / "two.mp4"
+    rc = main(["sample", "--model", "tiny", "--prompt", "two people talk", "--ref", str(OBAMA), "--audio", str(a),
+               "--ref", str(BIDEN), "--audio", str(b), "--steps", "2", "--height", "32", "--width", "32",
+               "--out", str(out), "--save-masks"])
+    assert rc == 0
+    s = _streams(out)
+    assert s["frames"] == round(1.5 * 25) == 38 and s["video_s"] == pytest.approx(38 / 25)
+    assert s["audio_codec"] == "aac" and s["audio_s"] == pytest.approx(38 / 25, abs=0.05)
+    assert _streams(out.with_name("two.masks.mp4"))["frames"] == 38
+    npz = np.load(out.with_name("two.masks.npz"))
+    assert npz["masks"].shape == (2, 38, 2, 2) and npz["frame_window"].tolist() == [0] * 33 + [1] * 5
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["frames"] == 38 and any("tiny random encoder" in n for n in meta["loading"])
+    assert [w["keep"] for w in meta["windows"]] == [33, 5] and meta["config"]["steps"] == 2
+
+
+def test_training_output_dir_loads_with_its_encoder_seed(tmp_path):
+    model = random_tiny_model(1)
+    model.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(
+        {"model": "tiny", "encoder_seed": 3, "height": 48, "width": 32, "ref_size": 16, "wan_dir": None}))
+    s = InterActHumanSampler.from_dirs(tmp_path / "run", device="cpu")
+    assert s.resolve_config().height == 48 and s.resolve_config().ref_size == 16
+    assert any("seed 3, as in training" in n for n in s.notes)
+    ref = EncoderStack.tiny(get_config("tiny"), 3)
+    assert torch.equal(next(s.stack.vae.parameters()), next(ref.vae.parameters()))
+    assert torch.equal(s.model.blocks[0].audio_attn.to_out.weight, model.blocks[0].audio_attn.to_out.weight)
+    assert resolve_model_source(tmp_path / "run" / "model").train_config["encoder_seed"] == 3
+
+
+def test_batch_and_spec_files(tmp_path):
+    (tmp_path / "media").mkdir()
+    img = tmp_path / "media" / "a.png"
+    img.write_bytes(HAPPY.read_bytes())
+    batch = tmp_path / "list.txt"
+    batch.write_text(f"# comment\n\na woman talks@@media/a.png@@{MAN}\n"
+                     f"two talk@@media/a.png@@{MAN}@@{BIDEN}@@{WOMAN}\n")
+    reqs = read_batch_file(batch)
+    assert [len(r.identities) for r in reqs] == [1, 2] and reqs[1].name == "line_0004"
+    assert reqs[0].identities[0].ref == str(tmp_path / "media" / "a.png")  # relative to the list file
+    with pytest.raises(InputError, match=r"list2.txt line 1: expected prompt@@image@@audio"):
+        (tmp_path / "list2.txt").write_text(f"p@@{HAPPY}@@{MAN}@@{BIDEN}\n")
+        read_batch_file(tmp_path / "list2.txt")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"prompt": "Two people talk.", "identities": [
+        {"ref": "media/a.png", "audio": str(MAN), "text": "The woman on the left smiles."},
+        {"ref": str(BIDEN), "audio": str(WOMAN)}]}))
+    (req,) = read_spec(spec)
+    assert req.full_prompt == "Two people talk. The woman on the left smiles."
+    spec.write_text(json.dumps({"prompt": "x", "identities": [{"ref": str(HAPPY), "audio": str(MAN), "img": 1}]}))
+    with pytest.raises(InputError, match=r"unknown key\(s\) \['img'\]"):
+        read_spec(spec)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if a model would load (the input checks must come first)."""
+    def refuse(*_a, **_k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(InterActHumanSampler, "from_dirs", classmethod(refuse))
+
+
+def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    text = tmp / "notes.txt"
+    text.write_text("not audio")
+    short = _write_wav(tmp / "short.wav", np.zeros(800, np.float32))
+    real = tmp / "real_model"
+    real.mkdir()
+    (real / "config.json").write_text(json.dumps({"_class_name": "InterActHumanModel", "text_dim": 4096}))
+    pair = ["--ref", str(OBAMA), "--audio", str(MAN)]
+    return [
+        (["--ref", str(tmp / "missing.jpg"), "--audio", str(MAN)], "missing.jpg not found"),
+        (["--ref", str(OBAMA), "--audio", str(tmp / "missing.wav")], "missing.wav not found"),
+        (["--ref", str(OBAMA), "--audio", str(BIDEN)], "face_recognition_biden.jpg: no audio stream"),
+        (["--ref", str(OBAMA), "--audio", str(text)], "notes.txt: not a readable audio file"),
+        (["--ref", str(MAN), "--audio", str(MAN)], "multitalk_multi3_1-man.wav is not a readable image"),
+        (["--ref", str(OBAMA), "--audio", str(short)], "short.wav lasts 0.050 s"),
+        (pair + ["--ref", str(BIDEN)], r"got 2 --ref image\(s\) and 1 --audio track\(s\)"),
+        (["--ref", str(OBAMA), "--ref", str(BIDEN), "--audio", str(MAN)], "got 2 --ref image"),
+        (pair + ["--model", str(tmp / "nowhere")], "nowhere: no such directory"),
+        (pair + ["--model", str(real)], "needs real encoders"),
+        (pair + ["--model", "tiny", "--window-frames", "30"], "window_frames: expected 1 \\+ 4k"),
+        (pair + ["--model", "tiny", "--height", "50"], "height: expected a positive multiple of 16"),
+    ]
+
+
+def test_bad_inputs_fail_before_any_model_loads(tmp_path, no_model_load, capsys):
+    from pipeline.cli import main
+
+    for args, message in _bad_cases(tmp_path):
+        argv = ["sample", "--prompt", "p"] + args + ([] if "--model" in args else ["--model", "tiny"])
+        assert main(argv + ["--out", str(tmp_path / "o.mp4")]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and __import__("re").search(message, err), (args, err)
+    assert not (tmp_path / "o.mp4").exists()
