@@ -19,6 +19,11 @@ REGISTRY: dict[str, str] = {
     "subtitles": "stages.subtitles:SubtitlesStage",
     "quality": "stages.quality:QualityStage",
     "motion": "stages.motion:MotionStage",
+    # Annotation: who speaks when (drops clips whose speech no face follows), then the caption (its template uses
+    # the speaking intervals; its phrases prompt Grounding-DINO), then masks and reference crops.
+    "lipsync": "stages.lipsync:LipSyncStage",
+    "caption": "stages.caption:CaptionStage",
+    "masks": "stages.masks:MaskStage",
 }
 
 

@@ -1,0 +1,441 @@
+"""Dense captions with per-identity appearance phrases.
+
+Backends:
+
+* ``embedded``: a template caption built only from what earlier stages measured: frame orientation, how many people
+  and where, shot size (from face size), a clothing colour per person when one colour clearly dominates below the
+  face, and who speaks when (from the lip-sync stage). It is marked ``caption_source: template``; it says nothing
+  the pipeline did not measure.
+* ``qwen_vl``: Qwen2.5-VL or Qwen2-VL through transformers, from a local snapshot directory. A few frames of the
+  clip and what is known about the people (numbered left to right, their boxes, who speaks when) go into one prompt;
+  the model answers with a JSON object ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...]}``. The
+  answer is validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
+  and, if it stays malformed, recorded in ``clip.meta["caption_error"]`` and handled as ``on_failure`` says: drop the
+  clip (``caption_invalid``) or fall back to the template (marked as such). It is never passed on.
+
+The paper's keyword rule then applies: a caption naming no person (``keywords``) drops the clip
+(``no_human_keyword``).
+
+Writes ``clip.meta["caption"]``, ``clip.meta["caption_source"]`` (``template`` or the model directory's name) and
+``clip.meta["identities"][i]["phrase"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.item import Clip, SourceItem
+from stages.audio_vad import total
+from stages.base import Stage, StageConfig
+from stages.identities import IdentityFields, ensure_identities
+
+HUMAN_KEYWORDS = ["person", "people", "man", "men", "woman", "women", "boy", "girl", "child", "children", "kid",
+                  "speaker", "lady", "gentleman", "guy", "he", "she", "they", "his", "her", "someone", "human"]
+
+
+@dataclass
+class CaptionConfig(StageConfig, IdentityFields):
+    keywords: list[str] = field(default_factory=lambda: list(HUMAN_KEYWORDS))  # the paper's human keyword rule
+    keyword_rule: bool = True  # drop (no_human_keyword) captions that contain none of the keywords
+    frames: int = 4  # qwen_vl: frames of the clip shown to the model
+    image_side: int = 448  # qwen_vl: long side of each frame given to the model (pixels)
+    max_new_tokens: int = 384  # qwen_vl
+    max_retries: int = 2  # qwen_vl: new answers asked for after a malformed one
+    temperature: float = 0.7  # qwen_vl: sampling temperature of the retries (the first answer is greedy)
+    on_failure: str = "drop"  # qwen_vl: drop | template, when every answer is malformed
+
+    def validate(self, where: str) -> None:
+        from pipeline.recipe import RecipeError
+
+        self.validate_identity_fields(where)
+        if self.on_failure not in ("drop", "template"):
+            raise RecipeError(f"{where}.on_failure: must be one of drop, template, got {self.on_failure!r}")
+        if not 1 <= self.frames <= 32:
+            raise RecipeError(f"{where}.frames: must be between 1 and 32, got {self.frames}")
+        if not 28 <= self.image_side <= 2048:
+            raise RecipeError(f"{where}.image_side: must be between 28 and 2048, got {self.image_side}")
+        if not 16 <= self.max_new_tokens <= 4096:
+            raise RecipeError(f"{where}.max_new_tokens: must be between 16 and 4096, got {self.max_new_tokens}")
+        if not 0 <= self.max_retries <= 10:
+            raise RecipeError(f"{where}.max_retries: must be between 0 and 10, got {self.max_retries}")
+        if not 0.0 < self.temperature <= 2.0:
+            raise RecipeError(f"{where}.temperature: must be in (0, 2], got {self.temperature}")
+        if self.keyword_rule and not self.keywords:
+            raise RecipeError(f"{where}.keywords: must not be empty while keyword_rule is on")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the frames show: shot size and clothing colour
+# --------------------------------------------------------------------------------------------------------------
+
+
+def colour_names(rgb: np.ndarray) -> np.ndarray:
+    """A colour word per pixel of ``rgb`` uint8 ``[..., 3]``."""
+    import cv2
+
+    hsv = cv2.cvtColor(rgb.reshape(-1, 1, 3), cv2.COLOR_RGB2HSV_FULL).reshape(-1, 3).astype(np.float32)
+    h, s, v = hsv[:, 0] * 360 / 256, hsv[:, 1] / 255, hsv[:, 2] / 255
+    names = np.empty(len(h), dtype=object)
+    hue_names = [(15, "red"), (40, "orange"), (65, "yellow"), (170, "green"), (200, "teal"), (255, "blue"),
+                 (290, "purple"), (345, "pink"), (361, "red")]
+    hue = np.full(len(h), "red", dtype=object)
+    for lim, name in reversed(hue_names):
+        hue[h < lim] = name
+    names[:] = hue
+    names[(s < 0.2) & (v >= 0.8)] = "white"
+    names[(s < 0.2) & (v >= 0.5) & (v < 0.8)] = "light grey"
+    names[(s < 0.2) & (v >= 0.25) & (v < 0.5)] = "grey"
+    chroma = s >= 0.2
+    dark = chroma & (v < 0.45) & (v >= 0.2)
+    names[dark] = np.array(["dark " + str(x) for x in hue[dark]], dtype=object)
+    names[v < 0.2] = "black"
+    names[(s < 0.2) & (v < 0.25)] = "black"
+    return names.reshape(rgb.shape[:-1])
+
+
+def clothing_colour(frames: np.ndarray, ident: dict[str, Any], fps: float, samples: int = 5,
+                    min_share: float = 0.45) -> str | None:
+    """The dominant colour word of the region below the identity's face (chest), or None when no colour clearly
+    dominates or the region is out of frame."""
+    h, w = frames.shape[1:3]
+    picks = np.linspace(0, len(ident["frames"]) - 1, min(samples, len(ident["frames"]))).round().astype(int)
+    words: list[np.ndarray] = []
+    for p in picks:
+        k = int(round(ident["frames"][p] / float(ident["box_fps"]) * fps))
+        if not 0 <= k < len(frames):
+            continue
+        x0, y0, x1, y1 = ident["boxes"][p][:4]
+        fw, fh = x1 - x0, y1 - y0
+        cx = (x0 + x1) / 2
+        rx0, rx1 = cx - 0.8 * fw, cx + 0.8 * fw
+        ry0, ry1 = y1 + 0.5 * fh, y1 + 1.3 * fh
+        if ry0 >= 0.98:  # the chest is out of frame
+            continue
+        a0, a1 = int(max(0, rx0 * w)), int(min(w, rx1 * w))
+        b0, b1 = int(max(0, ry0 * h)), int(min(h, ry1 * h))
+        if a1 - a0 < 4 or b1 - b0 < 4:
+            continue
+        words.append(colour_names(frames[k, b0:b1, a0:a1]).reshape(-1))
+    if not words:
+        return None
+    allw = np.concatenate(words)
+    vals, counts = np.unique(allw, return_counts=True)
+    i = int(np.argmax(counts))
+    return str(vals[i]) if counts[i] / len(allw) >= min_share else None
+
+
+def shot_size(identities: list[dict[str, Any]]) -> str:
+    """Shot size from the median face height (fraction of the frame height) of the largest face."""
+    if not identities:
+        return ""
+    fh = max(float(np.median([b[3] - b[1] for b in ident["boxes"]])) for ident in identities)
+    if fh > 0.33:
+        return "in close-up"
+    if fh > 0.15:
+        return "from the chest up"
+    if fh > 0.07:
+        return "in a medium shot"
+    return "in a wide shot"
+
+
+_NUMBERS = {1: "one person", 2: "two people", 3: "three people", 4: "four people"}
+
+
+def _fmt_intervals(iv: list[list[float]]) -> str:
+    parts = [f"from {s:.1f} s to {e:.1f} s" for s, e in iv]
+    if len(parts) <= 2:
+        return " and ".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def template_caption(clip: Clip, identities: list[dict[str, Any]], colours: list[str | None]) -> tuple[str, list[str]]:
+    """(caption, phrase per identity) from measured facts only."""
+    w, h = int(clip.meta["clip"]["width"]), int(clip.meta["clip"]["height"])
+    orient = "portrait" if h > 1.1 * w else "landscape" if w > 1.1 * h else "square"
+    n = len(identities)
+    duration = clip.duration
+    phrases = []
+    for ident, col in zip(identities, colours):
+        base = "the person" if n == 1 else f"the person on the {ident['position']}"
+        phrases.append(base + (f" in {col} clothing" if col else ""))
+    side = " side by side" if n == 2 else ""
+    shot = shot_size(identities)
+    if n:
+        sentences = [f"A {orient} video showing {_NUMBERS.get(n, f'{n} people')}{side}{(' ' + shot) if shot else ''}."]
+    else:
+        sentences = [f"A {orient} video in which no person's face could be followed."]
+    listening = bool(clip.meta.get("listening"))
+    for ident, phrase in zip(identities, phrases):
+        speaking = ident.get("speaking")
+        subject = phrase[0].upper() + phrase[1:]
+        if speaking is None:
+            continue
+        if speaking:
+            covered = total(speaking)
+            if covered >= 0.9 * duration:
+                sentences.append(f"{subject} speaks throughout.")
+            else:
+                sentences.append(f"{subject} speaks {_fmt_intervals(speaking)}.")
+        elif not listening:
+            sentences.append(f"{subject} listens without speaking.")
+    if listening and n:
+        sentences.append("Nobody speaks." if n > 1 else "The person does not speak.")
+    elif listening:
+        sentences.append("Nobody speaks.")
+    return " ".join(sentences), phrases
+
+
+def has_keyword(text: str, keywords: list[str]) -> bool:
+    """Whether ``text`` holds one of ``keywords`` as a whole word (possessives count: "woman's")."""
+    words = {w.removesuffix("'s").removesuffix("’s") for w in re.findall(r"[a-z'’]+", text.lower())}
+    return any(k.lower() in words for k in keywords)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Qwen-VL answers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CaptionFormatError(ValueError):
+    """A captioner's answer is not the JSON object the prompt asked for."""
+
+
+def parse_caption_answer(text: str, n_identities: int) -> dict[str, Any]:
+    """Validate an answer: ``{"caption": str, "identities": [{"id": 0..n-1, "phrase": str}, ...]}`` (one per
+    identity; code fences and text around the object are tolerated). Raises :class:`CaptionFormatError`."""
+    s = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", s, flags=re.S)
+    if fence:
+        s = fence.group(1).strip()
+    a, b = s.find("{"), s.rfind("}")
+    if a < 0 or b <= a:
+        raise CaptionFormatError("no JSON object in the answer")
+    try:
+        obj = json.loads(s[a:b + 1])
+    except json.JSONDecodeError as e:
+        raise CaptionFormatError(f"not valid JSON: {e.msg} at character {e.pos}") from None
+    if not isinstance(obj, dict):
+        raise CaptionFormatError("the answer is not a JSON object")
+    cap = obj.get("caption")
+    if not isinstance(cap, str) or len(cap.split()) < 3:
+        raise CaptionFormatError("'caption' must be a sentence (a string of at least three words)")
+    ids = obj.get("identities", [])
+    if not isinstance(ids, list):
+        raise CaptionFormatError("'identities' must be a list")
+    if len(ids) != n_identities:
+        raise CaptionFormatError(f"'identities' must have {n_identities} entries, got {len(ids)}")
+    phrases: dict[int, str] = {}
+    for e in ids:
+        if not isinstance(e, dict) or not isinstance(e.get("id"), int) or isinstance(e.get("id"), bool):
+            raise CaptionFormatError("each identity must be an object with an integer 'id'")
+        i = e["id"]
+        if not 0 <= i < n_identities or i in phrases:
+            raise CaptionFormatError(f"identity ids must be 0..{n_identities - 1}, each once (got {i})")
+        p = e.get("phrase")
+        if not isinstance(p, str) or not p.strip() or len(p) > 200:
+            raise CaptionFormatError(f"identity {i}: 'phrase' must be a non-empty string under 200 characters")
+        phrases[i] = p.strip()
+    return {"caption": cap.strip(), "phrases": [phrases[i] for i in range(n_identities)]}
+
+
+def caption_prompt(clip: Clip, identities: list[dict[str, Any]], n_frames: int) -> str:
+    n = len(identities)
+    lines = [f"These are {n_frames} frames, in order, from a {clip.duration:.1f}-second video clip."]
+    if n:
+        lines.append(f"The clip shows {n} {'person' if n == 1 else 'people'}, numbered from left to right:")
+        for ident in identities:
+            b = ident["boxes"][len(ident["boxes"]) // 2]
+            box = ", ".join(str(int(round(v * 1000))) for v in b[:4])
+            line = f"- person {ident['id']}: on the {ident['position']}, face box ({box}) on a 0-1000 scale"
+            if ident.get("speaking"):
+                line += f"; speaks {_fmt_intervals(ident['speaking'])}"
+            elif "speaking" in ident:
+                line += "; does not speak"
+            lines.append(line + ".")
+    lines.append(
+        "Describe the video densely: the environment, each person's appearance (clothing, hair, apparent age and "
+        "gender), their actions and facial expressions, and how they interact.")
+    example = ", ".join(f'{{"id": {i}, "phrase": "<a short noun phrase naming person {i} by appearance>"}}'
+                        for i in range(n))
+    lines.append(
+        'Answer with only a JSON object and no other text: {"caption": "<one paragraph>", "identities": ['
+        + example + "]}.")
+    if n:
+        lines.append(f'"identities" must have exactly {n} entries, with ids 0 to {n - 1}.')
+    return "\n".join(lines)
+
+
+class QwenCaptioner:
+    """Qwen2.5-VL / Qwen2-VL from a local snapshot directory (the model class follows its config's model_type).
+
+    The prompt is built in the Qwen chat format with the snapshot's tokenizer and image processor directly (each
+    ``<|image_pad|>`` expanded to the image's merged patch count, as the Qwen processor does), so no video processor
+    (which needs torchvision) is loaded.
+    """
+
+    SYSTEM = "You are a helpful assistant."
+
+    def __init__(self, model_dir: str, device: str | None = None):
+        import torch
+        from transformers import (AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration,
+                                  Qwen2VLForConditionalGeneration)
+
+        cfg = AutoConfig.from_pretrained(model_dir)
+        classes = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
+        if cfg.model_type not in classes:
+            raise ValueError(f"{model_dir}: model_type {cfg.model_type!r} is not Qwen2-VL or Qwen2.5-VL")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
+        self.model = classes[cfg.model_type].from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.eos = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+
+    def inputs(self, images: list[np.ndarray], prompt: str) -> dict[str, Any]:
+        """Model inputs: ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``."""
+        import torch
+        from PIL import Image
+
+        vis = self.image_processor(images=[Image.fromarray(im) for im in images], return_tensors="pt")
+        merge = int(getattr(self.image_processor, "merge_size", 2)) ** 2
+        pads = "".join("<|vision_start|>" + "<|image_pad|>" * int(thw.prod() // merge) + "<|vision_end|>"
+                       for thw in vis["image_grid_thw"])
+        text = (f"<|im_start|>system\n{self.SYSTEM}<|im_end|>\n<|im_start|>user\n{pads}{prompt}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        return {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
+                "pixel_values": vis["pixel_values"], "image_grid_thw": vis["image_grid_thw"]}
+
+    def __call__(self, images: list[np.ndarray], prompt: str, max_new_tokens: int, sample: bool = False,
+                 temperature: float = 0.7, seed: int = 0) -> str:
+        import torch
+
+        inputs = {k: v.to(self.device) for k, v in self.inputs(images, prompt).items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample, "eos_token_id": self.eos,
+                               "pad_token_id": self.eos[-1]}
+        if sample:
+            gen["temperature"] = temperature
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **gen)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CaptionStage(Stage):
+    name = "caption"
+    Config = CaptionConfig
+    backends = ("embedded", "qwen_vl")
+    requires = {"embedded": {"cv2": "opencv-python"}, "qwen_vl": {"transformers": "transformers", "torch": "torch"}}
+    gpu_backends = ("qwen_vl",)
+    WEIGHTS = ["config.json", "preprocessor_config.json", "tokenizer*"]
+    HINT = "Use a Qwen2.5-VL or Qwen2-VL snapshot directory (e.g. Qwen/Qwen2.5-VL-7B-Instruct)."
+
+    def __init__(self, config: CaptionConfig):
+        super().__init__(config)
+        self.config: CaptionConfig = config
+        self.model: QwenCaptioner | None = None
+        self.detector: Any = None
+
+    def check(self) -> None:
+        super().check()
+        if self.config.backend == "qwen_vl":
+            self.require_weights(self.WEIGHTS, self.HINT)
+
+    def setup(self) -> None:
+        if self.config.backend == "qwen_vl":
+            d = self.require_weights(self.WEIGHTS, self.HINT)
+            self.model = QwenCaptioner(str(d))
+
+    def _detector(self) -> Any:
+        if self.detector is None:
+            from stages.vision import FaceDetector
+
+            self.detector = FaceDetector(min_confidence=0.5, full_range=True)
+        return self.detector
+
+    def process(self, clip: Clip, item: SourceItem | None = None) -> str | None:
+        cfg = self.config
+        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities, self._detector())
+        frames = clip.analysis_frames()
+        afps = float(clip.meta["analysis"]["fps"])
+        colours = [clothing_colour(frames, ident, afps) for ident in ids]
+        scores: dict[str, Any] = {"backend": cfg.backend}
+        clip.scores[self.name] = scores
+        if cfg.backend == "qwen_vl":
+            reason = self._qwen(clip, ids, frames, colours, scores)
+            if reason is not None:
+                return reason
+        else:
+            caption, phrases = template_caption(clip, ids, colours)
+            clip.meta["caption"] = caption
+            clip.meta["caption_source"] = "template"
+            for ident, p in zip(ids, phrases):
+                ident["phrase"] = p
+        scores["words"] = len(clip.meta["caption"].split())
+        if cfg.keyword_rule:
+            ok = has_keyword(clip.meta["caption"], cfg.keywords)
+            scores["human_keyword"] = ok
+            if not ok:
+                return "no_human_keyword"
+        return None
+
+    def _qwen(self, clip: Clip, ids: list[dict[str, Any]], frames: np.ndarray, colours: list[str | None],
+              scores: dict[str, Any]) -> str | None:
+        import cv2
+
+        cfg = self.config
+        assert self.model is not None, "setup() was not called"
+        picks = np.linspace(0, len(frames) - 1, min(cfg.frames, len(frames))).round().astype(int)
+        images = []
+        for k in picks:
+            f = frames[k]
+            s = cfg.image_side / max(f.shape[:2])
+            images.append(cv2.resize(f, (max(28, int(f.shape[1] * s)), max(28, int(f.shape[0] * s))),
+                                     interpolation=cv2.INTER_AREA) if s < 1 else f)
+        prompt = caption_prompt(clip, ids, len(images))
+        errors = []
+        parsed = None
+        for attempt in range(cfg.max_retries + 1):
+            p = prompt if not errors else (
+                prompt + f"\nYour previous answer was not usable ({errors[-1]}). Reply with only the JSON object.")
+            answer = self.model(images, p, cfg.max_new_tokens, sample=attempt > 0, temperature=cfg.temperature,
+                                seed=attempt)
+            try:
+                parsed = parse_caption_answer(answer, len(ids))
+                break
+            except CaptionFormatError as e:
+                errors.append(str(e))
+        scores["attempts"] = len(errors) + (1 if parsed else 0)
+        if parsed is None:
+            clip.meta["caption_error"] = {"attempts": len(errors), "errors": errors}
+            if cfg.on_failure == "drop":
+                return "caption_invalid"
+            caption, phrases = template_caption(clip, ids, colours)
+            clip.meta["caption"] = caption
+            clip.meta["caption_source"] = "template"
+            for ident, ph in zip(ids, phrases):
+                ident["phrase"] = ph
+            return None
+        clip.meta["caption"] = parsed["caption"]
+        clip.meta["caption_source"] = f"qwen_vl:{_dir_name(cfg.weights)}"
+        for ident, ph in zip(ids, parsed["phrases"]):
+            ident["phrase"] = ph
+        return None
+
+
+def _dir_name(path: str | None) -> str:
+    from pathlib import Path
+
+    return Path(path).name if path else "?"
