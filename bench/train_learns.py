@@ -118,7 +118,7 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=8, help="attention heads of 16 dims (width = 16 x heads)")
     ap.add_argument("--layers", type=int, default=4)
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     from model.precompute import feature_dir, precompute
     from model.train import load_train_config, train
     from pipeline.recipe import load_recipe

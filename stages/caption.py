@@ -346,7 +346,6 @@ class CaptionStage(Stage):
         super().__init__(config)
         self.config: CaptionConfig = config
         self.model: QwenCaptioner | None = None
-        self.detector: Any = None
 
     def check(self) -> None:
         super().check()
@@ -358,16 +357,10 @@ class CaptionStage(Stage):
             d = self.require_weights(self.WEIGHTS, self.HINT)
             self.model = QwenCaptioner(str(d))
 
-    def _detector(self) -> Any:
-        if self.detector is None:
-            from stages.vision import FaceDetector
-
-            self.detector = FaceDetector(min_confidence=0.5, full_range=True)
-        return self.detector
 
     def process(self, clip: Clip, item: SourceItem | None = None) -> str | None:
         cfg = self.config
-        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities, self._detector())
+        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities)
         frames = clip.analysis_frames()
         afps = float(clip.meta["analysis"]["fps"])
         colours = [clothing_colour(frames, ident, afps) for ident in ids]

@@ -46,7 +46,15 @@ import numpy as np
 
 from pipeline.item import Clip, SourceItem
 from stages.base import Stage, StageConfig
-from stages.vision import FaceDetector, PoseDetector, box_iou, empty_boxes, rounded, track_boxes
+from stages.vision import (
+    FaceDetector,
+    PoseDetector,
+    box_iou,
+    empty_boxes,
+    rounded,
+    shared_face_detector,
+    track_boxes,
+)
 
 
 @dataclass
@@ -125,7 +133,7 @@ class HumanStage(Stage):
 
     def setup(self) -> None:
         c = self.config
-        self.faces = FaceDetector(min_confidence=c.face_confidence, full_range=c.full_range)
+        self.faces = shared_face_detector(float(c.face_confidence), bool(c.full_range))
         if c.backend == "detector":
             self.persons = PersonDetector(self._weights_dir(), score=c.person_score, batch_size=c.batch_size,
                                           device=c.device, labels=self.PERSON_LABELS)

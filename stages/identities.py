@@ -51,14 +51,14 @@ def face_tracks(clip: Clip, detector: Any = None) -> tuple[list[dict[str, Any]],
     """The clip's face tracks and the frame rate their frame indices count in.
 
     Uses the human stage's ``meta["detections"]`` when present; otherwise detects on the analysis frames with
-    ``detector`` (a :class:`stages.vision.FaceDetector`; one is built if None) and stores the result there.
+    ``detector`` (a :class:`stages.vision.FaceDetector`; the process's shared one if None) and stores the result there.
     """
     det = clip.meta.get("detections")
     if isinstance(det, dict) and det.get("face_tracks") is not None:
         return det["face_tracks"], float(det.get("fps") or clip.meta["analysis"]["fps"])
-    from stages.vision import FaceDetector, rounded, track_boxes
+    from stages.vision import rounded, shared_face_detector, track_boxes
 
-    detector = detector if detector is not None else FaceDetector(min_confidence=0.5, full_range=True)
+    detector = detector if detector is not None else shared_face_detector(0.5, True)
     per_frame = detector(clip.analysis_frames())
     tracks = track_boxes(per_frame, iou_threshold=0.3, max_gap=2, min_length=2)
     fps = float(clip.meta["analysis"]["fps"])

@@ -258,7 +258,6 @@ class LipSyncStage(Stage):
         self.config: LipSyncConfig = config
         self.vad = VoiceActivity(threshold=config.vad_threshold)
         self.meter = MouthMeter()
-        self.detector: Any = None
         self.net: Any = None
 
     def check(self) -> None:
@@ -277,17 +276,11 @@ class LipSyncStage(Stage):
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.net = load_syncnet(d / "syncnet_v2.model", device)
 
-    def _detector(self) -> Any:
-        if self.detector is None:
-            from stages.vision import FaceDetector
-
-            self.detector = FaceDetector(min_confidence=0.5, full_range=True)
-        return self.detector
 
     # -- per clip ---------------------------------------------------------------------------------------------
     def process(self, clip: Clip, item: SourceItem | None = None) -> str | None:
         cfg = self.config
-        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities, self._detector())
+        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities)
         voice = self.vad(clip.audio())
         speech_s = total(voice)
         clip.meta["vad"] = {"model": "silero-vad", "threshold": cfg.vad_threshold, "intervals": voice,

@@ -390,7 +390,6 @@ class MaskStage(Stage):
         self.config: MaskConfig = config
         self.splitter = SelfieSplitter(config.reach)
         self.gsam: GroundedSam2 | None = None
-        self.detector: Any = None
 
     def check(self) -> None:
         super().check()
@@ -403,16 +402,10 @@ class MaskStage(Stage):
             self.gsam = GroundedSam2(d / "grounding_dino", d / "sam2", self.config.sam_size,
                                      self.config.box_threshold, self.config.text_threshold)
 
-    def _detector(self) -> Any:
-        if self.detector is None:
-            from stages.vision import FaceDetector
-
-            self.detector = FaceDetector(min_confidence=0.5, full_range=True)
-        return self.detector
 
     def process(self, clip: Clip, item: SourceItem | None = None) -> str | None:
         cfg = self.config
-        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities, self._detector())
+        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities)
         frames = clip.analysis_frames()
         t_an, ah, aw = frames.shape[:3]
         afps = float(clip.meta["analysis"]["fps"])

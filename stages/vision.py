@@ -17,6 +17,7 @@ lazily after unpickling (mediapipe graphs do not pickle).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -268,3 +269,9 @@ def track_boxes(per_frame: list[np.ndarray], iou_threshold: float = 0.3, max_gap
     kept = [tr for tr in tracks if len(tr["frames"]) >= min_length]
     kept.sort(key=lambda tr: (-len(tr["frames"]), tr["frames"][0]))
     return [{"id": i, "frames": tr["frames"], "boxes": tr["boxes"]} for i, tr in enumerate(kept)]
+
+
+@functools.lru_cache(maxsize=None)
+def shared_face_detector(min_confidence: float = 0.5, full_range: bool = True) -> FaceDetector:
+    """One face detector per process and setting: the stages of a Ray actor share it (built on first use)."""
+    return FaceDetector(min_confidence=min_confidence, full_range=full_range)
