@@ -90,7 +90,8 @@ def precompute(cfg: Any, address: str | None = None, log: Callable[[str], None] 
     todo = [s for s in shards if not (out / s.name).exists()]
     log(f"precompute: {len(shards)} shards, {len(todo)} to encode into {out}")
     if todo:
-        ray = init_ray(address, log)
+        init_ray(address, log)
+        import ray
         import ray.data
 
         gpus = float(ray.cluster_resources().get("GPU", 0))

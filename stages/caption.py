@@ -298,7 +298,6 @@ class QwenCaptioner:
 
     def inputs(self, images: list[np.ndarray], prompt: str) -> dict[str, Any]:
         """Model inputs: ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``."""
-        import torch
         from PIL import Image
 
         vis = self.image_processor(images=[Image.fromarray(im) for im in images], return_tensors="pt")

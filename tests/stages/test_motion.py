@@ -4,45 +4,14 @@ from real frames moves too much; the RAFT backend explains what it needs."""
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
 
 import numpy as np
 import pytest
 
-from pipeline.item import Clip, SourceItem
-from pipeline.media import ExtractSpec, encode_video, extract_clips, probe
 from pipeline.recipe import RecipeError, build_section
 from stages.base import StageError, WeightsError
 from stages.motion import MotionConfig, MotionStage, pair_indices
-from tests.conftest import sample
-
-SINGLE = ["infinitetalk_ref_video.mp4", "latentsync_demo1_video.mp4", "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4",
-          "videoretalking_face1.mp4", "videoretalking_face2.mp4"]
-
-
-@lru_cache(maxsize=None)
-def _extracted(name: str) -> tuple[dict, tuple]:
-    path = str(sample(name))
-    info = probe(path)
-    return info, tuple(extract_clips(path, info, ExtractSpec(min_s=1.0)).clips)
-
-
-def item_of(name: str) -> SourceItem:
-    info, extracted = _extracted(name)
-    item = SourceItem(path=str(sample(name)), probe=info)
-    for i, ec in enumerate(extracted):
-        item.clips.append(Clip(key=f"{name}_{i}", start=ec.start, end=ec.end, mp4=ec.mp4, wav=ec.wav,
-                               analysis_mp4=ec.analysis_mp4,
-                               meta={"analysis": {"fps": 5.0, "frames": ec.analysis_frames}, "scores": {}}))
-    return item
-
-
-def clip_from_frames(frames: np.ndarray, fps: float = 5.0) -> tuple[SourceItem, Clip]:
-    clip = Clip(key="synthetic", start=0.0, end=len(frames) / fps, mp4=b"", wav=b"",
-                analysis_mp4=encode_video(frames, fps, crf=18, preset="ultrafast"),
-                meta={"analysis": {"fps": fps, "frames": len(frames)}, "scores": {}})
-    return SourceItem(path="synthetic.mp4", clips=[clip]), clip
-
+from tests.stages.filter_media import SINGLE, clip_from_frames, item_of
 
 @pytest.fixture(scope="module")
 def stage() -> MotionStage:

@@ -3,39 +3,17 @@ backend runs from a tiny random-weight vision-language checkpoint."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.item import Clip, SourceItem
-from pipeline.media import ExtractSpec, encode_video, extract_clips, probe
+from pipeline.media import encode_video
 from pipeline.recipe import RecipeError, build_section
 from stages.base import WeightsError
 from stages.quality import QAlignScorer, QualityConfig, QualityStage, block_period, frame_measures
-from tests.conftest import sample
-
-SINGLE = ["infinitetalk_ref_video.mp4", "latentsync_demo1_video.mp4", "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4",
-          "videoretalking_face1.mp4", "videoretalking_face2.mp4"]
-
-
-@lru_cache(maxsize=None)
-def _extracted(name: str) -> tuple[dict, tuple]:
-    path = str(sample(name))
-    info = probe(path)
-    return info, tuple(extract_clips(path, info, ExtractSpec(min_s=1.0)).clips)
-
-
-def item_of(name: str) -> SourceItem:
-    info, extracted = _extracted(name)
-    item = SourceItem(path=str(sample(name)), probe=info)
-    for i, ec in enumerate(extracted):
-        item.clips.append(Clip(key=f"{name}_{i}", start=ec.start, end=ec.end, mp4=ec.mp4, wav=ec.wav,
-                               analysis_mp4=ec.analysis_mp4,
-                               meta={"analysis": {"fps": 5.0, "frames": ec.analysis_frames}, "scores": {}}))
-    return item
-
+from tests.stages.filter_media import SINGLE, item_of
 
 def degraded(item: SourceItem, frames: np.ndarray) -> tuple[SourceItem, Clip]:
     clip = Clip(key="degraded", start=0.0, end=len(frames) / 5.0, mp4=b"", wav=b"",

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 
 import numpy as np
 import pytest
 
 from pipeline.item import Clip, SourceItem, batch_from_items, items_from_batch
-from pipeline.media import ExtractSpec, encode_video, extract_clips, probe
 from pipeline.recipe import RecipeError, build_section
 from stages.base import StageError, WeightsError
 from stages.subtitles import SubtitlesConfig, SubtitlesStage
-from tests.conftest import sample
-
-
-@lru_cache(maxsize=None)
-def _extracted(name: str) -> tuple[dict, tuple]:
-    path = str(sample(name))
-    info = probe(path)
-    return info, tuple(extract_clips(path, info, ExtractSpec(min_s=1.0)).clips)
-
-
-def item_of(name: str) -> SourceItem:
-    info, extracted = _extracted(name)
-    item = SourceItem(path=str(sample(name)), probe=info)
-    for i, ec in enumerate(extracted):
-        item.clips.append(Clip(key=f"{name}_{i}", start=ec.start, end=ec.end, mp4=ec.mp4, wav=ec.wav,
-                               analysis_mp4=ec.analysis_mp4,
-                               meta={"analysis": {"fps": 5.0, "frames": ec.analysis_frames}, "scores": {}}))
-    return item
+from tests.stages.filter_media import clip_of_frames, item_of
 
 
 def clip_from_frames(key: str, frames: np.ndarray, start: float = 0.0, fps: float = 5.0) -> Clip:
-    return Clip(key=key, start=start, end=start + len(frames) / fps, mp4=b"", wav=b"",
-                analysis_mp4=encode_video(frames, fps, crf=18, preset="ultrafast"),
-                meta={"analysis": {"fps": fps, "frames": len(frames)}, "scores": {}})
+    return clip_of_frames(frames, key=key, start=start, fps=fps)
 
 
 def burn(frames: np.ndarray, texts: list[str], y: float = 0.9, x: float | None = None) -> np.ndarray:
