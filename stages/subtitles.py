@@ -125,7 +125,12 @@ class SubtitlesStage(Stage):
         "paddle": {"paddleocr": "'interacthuman[paddle]' (the packages paddleocr and paddlepaddle)",
                    "paddle": "'interacthuman[paddle]' (the packages paddleocr and paddlepaddle)"},
     }
-    PADDLE_FILES: ClassVar[list[str]] = ["det/inference.pdiparams", "rec/inference.pdiparams"]
+    weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"paddle": (
+        ["det/inference.pdiparams", "rec/inference.pdiparams"],
+        "PaddleOCR exported inference models: DIR/det (a text detection model, e.g. PP-OCRv5_server_det) and "
+        "DIR/rec (a text recognition model for the subtitle language), each with inference.pdiparams, "
+        "inference.json or inference.pdmodel, and inference.yml.",
+    )}
 
     def __init__(self, config: SubtitlesConfig):
         super().__init__(config)
@@ -133,19 +138,6 @@ class SubtitlesStage(Stage):
         self.ocr: Any = None
         self._memo_source: str | None = None
         self._memo: dict[str, list[TextLine]] = {}
-
-    def check(self) -> None:
-        super().check()
-        if self.config.backend == "paddle":
-            self._weights_dir()
-
-    def _weights_dir(self) -> Any:
-        return self.require_weights(
-            self.PADDLE_FILES,
-            "PaddleOCR exported inference models: DIR/det (a text detection model, e.g. PP-OCRv5_server_det) and "
-            "DIR/rec (a text recognition model for the subtitle language), each with inference.pdiparams, "
-            "inference.json or inference.pdmodel, and inference.yml.",
-        )
 
     def setup(self) -> None:
         c = self.config
@@ -158,7 +150,7 @@ class SubtitlesStage(Stage):
                         f"stage 'subtitles' backend 'paddle' needs the Python module '{module}': "
                         f"pip install interacthuman[paddle] (or: pip install paddleocr paddlepaddle)"
                     )
-            self.ocr = PaddleLineOCR(self._weights_dir(), c.det_score, c.device)
+            self.ocr = PaddleLineOCR(self.weights_dir(), c.det_score, c.device)
         else:
             self.ocr = RapidLineOCR(c.det_limit, c.det_score, c.threads)
 

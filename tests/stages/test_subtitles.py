@@ -144,7 +144,7 @@ def test_paddle_backend_names_the_extra_and_the_weights(tmp_path):
         with pytest.raises(StageError, match=r"pip install interacthuman\[paddle\]"):
             stage.setup()
     with pytest.raises(WeightsError) as e:
-        stage._weights_dir()
+        stage.weights_dir()
     assert "det/inference.pdiparams" in str(e.value) and "stages.subtitles.weights" in str(e.value)
     with pytest.raises(WeightsError, match=r"--weights subtitles=DIR"):
-        SubtitlesStage(SubtitlesConfig(backend="paddle"))._weights_dir()
+        SubtitlesStage(SubtitlesConfig(backend="paddle")).weights_dir()
