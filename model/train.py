@@ -129,27 +129,15 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read and validate a training recipe; paths are relative to the recipe file."""
-    import yaml
+    from pipeline.recipe import load_yaml_dataclass, resolve_path
 
-    from pipeline.recipe import RecipeError, _apply_override, _resolve, build_section
-
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: training recipe not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    for ov in overrides or []:
-        _apply_override(raw, ov, str(path))
-    try:
-        cfg = build_section(TrainConfig, raw, "recipe")
-        base = path.resolve().parent
+    def finish(cfg: TrainConfig, base: Path) -> None:
         for f in ("output", "data", "wan_dir", "audio_dir", "init_from"):
             if getattr(cfg, f):
-                setattr(cfg, f, _resolve(getattr(cfg, f), base))
-        cfg.path = str(path.resolve())
+                setattr(cfg, f, resolve_path(getattr(cfg, f), base))
         cfg.validate()
-    except RecipeError as e:
-        raise RecipeError(f"{path}: {e}") from None
-    return cfg
+
+    return load_yaml_dataclass(TrainConfig, path, overrides, finish, what="training recipe")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -53,26 +53,16 @@ class RunRecipe:
 
 
 def load_run_recipe(path: str | Path, overrides: list[str] | None = None) -> RunRecipe:
-    import yaml
+    from pipeline.recipe import RecipeError, load_yaml_dataclass, resolve_path
 
-    from pipeline.recipe import RecipeError, _apply_override, _resolve, build_section
-
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: run recipe not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    for ov in overrides or []:
-        _apply_override(raw, ov, str(path))
-    try:
-        r = build_section(RunRecipe, raw, "recipe")
-        base = path.resolve().parent
-        r.output = _resolve(r.output, base)
+    def finish(r: RunRecipe, base: Path) -> None:
+        r.output = resolve_path(r.output, base)
         if not r.curate:
             raise RecipeError("curate: a curation recipe is required")
-        r.curate = _resolve(r.curate, base)
+        r.curate = resolve_path(r.curate, base)
         if not r.train:
             raise RecipeError("train: at least one training recipe is required")
-        r.train = [_resolve(t, base) for t in r.train]
+        r.train = [resolve_path(t, base) for t in r.train]
         for p in [r.curate, *r.train]:
             if not Path(p).is_file():
                 raise RecipeError(f"{p}: no such recipe")
@@ -85,11 +75,9 @@ def load_run_recipe(path: str | Path, overrides: list[str] | None = None) -> Run
                 if set(ident) - {"ref", "audio", "text"} or not {"ref", "audio"} <= set(ident):
                     raise RecipeError(f"sample.identities[{i}]: expected ref, audio (and optional text)")
                 for k in ("ref", "audio"):
-                    ident[k] = _resolve(ident[k], base)
-        r.path = str(path.resolve())
-    except RecipeError as e:
-        raise RecipeError(f"{path}: {e}") from None
-    return r
+                    ident[k] = resolve_path(ident[k], base)
+
+    return load_yaml_dataclass(RunRecipe, path, overrides, finish, what="run recipe")
 
 
 def run(recipe: RunRecipe, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -184,32 +184,38 @@ class Recipe:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply ``key.path=value`` overrides, validate, and resolve paths."""
+
+    def finish(recipe: Recipe, base: Path) -> None:
+        recipe.sources = [_resolve(s, base) for s in recipe.sources]
+        recipe.output = _resolve(recipe.output, base)
+        recipe.validate()
+
+    return load_yaml_dataclass(Recipe, path, overrides, finish)
+
+
+def load_yaml_dataclass(cls: type, path: str | Path, overrides: list[str] | None,
+                        finish: Callable[[Any, Path], None], what: str = "recipe") -> Any:
+    """Read a YAML file into the dataclass ``cls`` (which has a ``path`` field): apply ``key.path=value`` overrides,
+    reject unknown keys and bad types, then ``finish(obj, directory of the file)`` resolves paths and checks what is
+    particular to ``cls``. Every error is a :class:`RecipeError` that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
+        raise RecipeError(f"{path}: {what} file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: the top level must be a mapping of recipe fields")
-    for ov in overrides or []:
-        _apply_override(raw, ov, str(path))
+        raise RecipeError(f"{path}: the top level must be a mapping of {what} fields")
     try:
-        recipe = build_recipe(raw)
-        recipe.path = str(path.resolve())
-        base = path.resolve().parent
-        recipe.sources = [_resolve(s, base) for s in recipe.sources]
-        recipe.output = _resolve(recipe.output, base)
-        recipe.validate()
+        for ov in overrides or []:
+            _apply_override(raw, ov, str(path))
+        obj = _build(cls, raw, "recipe")
+        obj.path = str(path.resolve())
+        finish(obj, path.resolve().parent)
     except RecipeError as e:
         raise RecipeError(f"{path}: {e}") from None
-    return recipe
-
-
-def build_recipe(raw: dict[str, Any]) -> Recipe:
-    """Build a :class:`Recipe` from a plain mapping, rejecting unknown keys and wrong types."""
-    return _build(Recipe, raw, "recipe")
+    return obj
 
 
 def _resolve(p: str, base: Path) -> str:
@@ -322,5 +328,6 @@ def _range(value: float, lo: float, hi: float, where: str) -> None:
         raise RecipeError(f"{where}: must be between {lo} and {hi}, got {value}")
 
 
-# Stage configs use the same builder; re-exported for stages/.
+# Stage configs use the same builder; re-exported for stages/ and the other recipe loaders.
 build_section = _build
+resolve_path = _resolve
