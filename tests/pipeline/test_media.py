@@ -158,16 +158,20 @@ def _first_raw_frame(name: str, size: tuple[int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize("name, k", [("pyscenedetect_issue-134-rotate.mp4", 3), ("moviepy_fire2.mp4", 2)])
 def test_rotation_is_applied_as_players_do(extracted, name, k):
-    """The clip's first frame matches the raw frame turned by the display matrix, not the raw frame."""
+    """The first frame of the clip, and of the analysis frames every stage reads, matches the raw frame turned by the
+    display matrix, not the raw frame."""
     _, res = extracted[name]
-    out = decode_video_bytes(res.clips[0].mp4, max_frames=1)[0].mean(axis=2)
-    pre = (res.height, res.width) if k % 2 else (res.width, res.height)
-    raw = _first_raw_frame(name, pre)
-    turned = np.rot90(raw, k=k)
-    err_turned = np.abs(out - turned).mean()
-    if k % 2 == 0:
-        assert err_turned < 0.5 * np.abs(out - raw).mean()
-    assert err_turned < 12
+    for data, (w, h) in ((res.clips[0].mp4, (res.width, res.height)),
+                         (res.clips[0].analysis_mp4, (res.analysis_width, res.analysis_height))):
+        out = decode_video_bytes(data, max_frames=1)[0].mean(axis=2)
+        assert out.shape == (h, w)
+        pre = (h, w) if k % 2 else (w, h)
+        raw = _first_raw_frame(name, pre)
+        turned = np.rot90(raw, k=k)
+        err_turned = np.abs(out - turned).mean()
+        if k % 2 == 0:
+            assert err_turned < 0.5 * np.abs(out - raw).mean()
+        assert err_turned < 12
 
 
 def test_source_without_audio_gets_silence_and_flag(extracted):
@@ -223,3 +227,58 @@ def test_non_square_pixels_are_resampled_to_display_aspect(tmp_path):
     frame = decode_video_bytes(res.clips[0].mp4, max_frames=1)[0]
     cols = np.where(frame[:, :, 0].max(axis=0) > 128)[0]
     assert 36 <= cols.max() - cols.min() + 1 <= 44  # 20 stored pixels are 40 displayed pixels wide
+
+
+def _mux_offset_source(path, video_start: float, audio_start: float, event_s: float, seconds: float = 4.0) -> None:
+    """An MP4 whose video starts ``video_start`` s and audio ``audio_start`` s into the container, with a white flash
+    in the video and a click in the audio at the same container time ``event_s`` (on a video frame boundary)."""
+    from fractions import Fraction
+
+    sr, fps = 16000, 25
+    with av.open(str(path), "w", format="mp4") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 160, 120, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        flash = int(round((event_s - video_start) * fps))
+        for i in range(int(seconds * fps)):
+            img = np.full((120, 160, 3), 250 if i == flash else 20, np.uint8)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = int(round((video_start + i / fps) * 25000)), Fraction(1, 25000)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        n = int((seconds + video_start) * sr)
+        audio = (np.random.default_rng(0).standard_normal(n) * 0.001).astype(np.float32)
+        click = int(round((event_s - audio_start) * sr))
+        audio[click : click + 80] = 0.9
+        s16 = (audio * 32767).astype(np.int16)
+        for pos in range(0, n, 1024):
+            af = av.AudioFrame.from_ndarray(s16[pos : pos + 1024].reshape(1, -1), format="s16", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, int(round(audio_start * sr)) + pos, Fraction(1, sr)
+            for p in a.encode(af):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+
+
+@pytest.mark.parametrize("video_start, audio_start", [(0.85, 0.008), (0.0, 0.3)])
+def test_clip_audio_and_frames_stay_aligned_when_streams_start_apart(tmp_path, video_start, audio_start):
+    """Real files start their video well after their audio (0.85 s against 0.008 s in one unseen clip). The flash
+    frame and the click, made at the same container instant, must land within one frame of each other in the clip."""
+    path = tmp_path / "offset.mp4"
+    event = video_start + 29 / 25  # container time of video frame 29
+    _mux_offset_source(path, video_start, audio_start, event)
+    res = extract_clips(str(path), probe(str(path)), ExtractSpec(min_s=1.0))
+    # The flash is a hard cut on both sides; whichever clip holds it, map clip times back to the source timeline.
+    flash_t = click_t = None
+    for c in res.clips:
+        frames = decode_video_bytes(c.mp4).mean(axis=(1, 2, 3))
+        if frames.max() > 200:
+            flash_t = c.start + int(np.argmax(frames)) / 25
+        audio, _ = read_wav_bytes(c.wav)
+        if np.abs(audio).max() > 0.5:
+            click_t = c.start + int(np.argmax(np.abs(audio) > 0.5)) / 16000
+    assert flash_t is not None, f"no clip holds the flash: {[(c.start, c.end) for c in res.clips]}, {res.drops}"
+    assert click_t is not None, "no clip holds the click"
+    assert abs(click_t - flash_t) <= 1 / 25, (click_t, flash_t)
