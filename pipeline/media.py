@@ -3,12 +3,16 @@
 The extractor decodes a source exactly once. Each decoded frame is resampled onto two constant-rate grids:
 
 * the **output grid** (recipe ``clips.fps`` at ``clips.short_side``), whose frames are H.264-encoded into clips;
-* the **analysis grid** (``analysis.fps`` at ``analysis.short_side``), whose small RGB frames feed the scene
-  detector and are kept, encoded, for later stages.
+  every output frame is also downscaled to the scene detector's small size and pushed to it
+  (:mod:`pipeline.scenecut`: full-rate detection from the same decode);
+* the **analysis grid** (``analysis.fps`` at ``analysis.short_side``), whose small RGB frames are kept, encoded, for
+  later stages.
 
-Cuts found on the analysis grid are refined to the output frame with the largest change. A shot shorter than
-``clips.min_s`` is dropped; a longer shot than ``clips.max_s`` is split. Frames of the open shot are held only until it
-reaches ``min_s``; after that they stream straight into the encoder, so memory stays bounded by the shortest clip.
+The detector's events (hard cuts, and transition spans whose frames are dropped) are applied to the output frames
+once they are older than the detector's lag. A shot shorter than ``clips.min_s`` is dropped; a longer shot than
+``clips.max_s`` is split. Each closed shot's small frames go to the guard (``scene.guard``), which drops or splits a
+clip that still holds a transition. Frames of the open shot are held only until it reaches ``min_s``; after that
+they stream straight into the encoder, so memory stays bounded by the shortest clip and the detector's lag.
 Audio is demuxed in the same pass and resampled to 16 kHz mono.
 
 Rotation: the container's display matrix is applied, as players do (``clips.apply_rotation``). Non-square pixels are
@@ -32,6 +36,9 @@ from typing import Any
 import av
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
+
+from pipeline.recipe import SceneConfig
+from pipeline.scenecut import CutQueue, detection_size, guard_spans, make_cut_detector
 
 AUDIO_RATE = 16_000
 
@@ -361,11 +368,7 @@ class ExtractSpec:
     max_s: float = 30.0
     analysis_fps: float = 5.0
     analysis_short_side: int = 360
-    detector: str = "adaptive"
-    threshold: float | None = None
-    min_scene_s: float = 0.5
-    min_score: float = 12.0
-    refine: bool = True
+    scene: SceneConfig = field(default_factory=SceneConfig)
 
 
 @dataclass
@@ -378,41 +381,21 @@ class ExtractedClip:
     frames: int
     analysis_frames: int
     audio_padded_s: float  # seconds of silence added where the source had no audio
+    guard: dict[str, Any] = field(default_factory=dict)  # the guard's verdict on this clip
 
 
 @dataclass
 class ExtractResult:
     clips: list[ExtractedClip]
     drops: list[dict[str, Any]]  # spans dropped here (too_short) with reasons
-    cuts: list[float]  # refined cut times in seconds
+    cuts: list[float]  # shot boundaries in seconds (a hard cut's time, a dropped transition's middle)
     width: int
     height: int
     analysis_width: int
     analysis_height: int
     decoded_frames: int
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def make_detector(kind: str, threshold: float | None, min_scene_frames: int, min_score: float = 12.0) -> Any:
-    """A PySceneDetect detector for the analysis grid. ``min_score`` is the adaptive detector's floor on the
-    content score of a cut (PySceneDetect's default, 15, is tuned for full frame rates; at 5 fps real cuts of
-    low-contrast footage score 14-18 and motion between frames stays below about 10 on the samples)."""
-    from scenedetect import detectors
-
-    if kind == "content":
-        return detectors.ContentDetector(threshold=threshold or 27.0, min_scene_len=min_scene_frames)
-    if kind == "adaptive":
-        return detectors.AdaptiveDetector(
-            adaptive_threshold=threshold or 3.0, min_scene_len=min_scene_frames, window_width=2,
-            min_content_val=min_score,
-        )
-    if kind == "threshold":
-        return detectors.ThresholdDetector(threshold=threshold or 12.0, min_scene_len=min_scene_frames)
-    if kind == "histogram":
-        return detectors.HistogramDetector(threshold=threshold or 0.05, min_scene_len=min_scene_frames)
-    if kind == "hash":
-        return detectors.HashDetector(threshold=threshold or 0.395, min_scene_len=min_scene_frames)
-    raise ValueError(f"unknown scene detector {kind!r}")
+    transitions: list[tuple[float, float]] = field(default_factory=list)  # dropped transition spans (s)
 
 
 def _plane(frame: av.VideoFrame, i: int, width: int, height: int) -> np.ndarray:
@@ -437,12 +420,15 @@ class _Shot:
         self.spec = spec
         self.width, self.height = width, height
         self.held: list[av.VideoFrame] = []
+        self.small: list[np.ndarray] = []  # the detector's small frames, for the guard
         self.writer: H264Writer | None = None
         self.n = 0
         self.min_frames = max(1, math.ceil(spec.min_s * spec.fps - 1e-6))
 
-    def add(self, frame: av.VideoFrame) -> None:
+    def add(self, frame: av.VideoFrame, small: np.ndarray | None = None) -> None:
         self.n += 1
+        if small is not None:
+            self.small.append(small)
         if self.writer is None:
             self.held.append(frame)
             if self.n >= self.min_frames:
@@ -462,8 +448,6 @@ class _Shot:
 
 def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> ExtractResult:
     """Decode ``path`` once; cut it into shots; encode clips, analysis frames and audio. Raises :class:`MediaError`."""
-    from scenedetect import FrameTimecode
-
     vinfo = info["video"]
     rotation = int(vinfo.get("rotation", 0)) if spec.apply_rotation else 0
     sar_n, sar_d = (int(x) for x in vinfo.get("sample_aspect_ratio", "1:1").split(":"))
@@ -477,11 +461,11 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
     out_pre, an_pre = pre(out_w, out_h), pre(an_w, an_h)
 
     fps, afps = spec.fps, spec.analysis_fps
-    min_scene_frames = max(1, int(round(spec.min_scene_s * afps)))
-    detector = make_detector(spec.detector, spec.threshold, min_scene_frames, spec.min_score)
-    lag_an = int(detector.event_buffer_length) + 2  # analysis frames a cut may be reported late
-    lag_s = lag_an / afps + 2.0 / afps
-    afr = Fraction(afps).limit_denominator(1001)
+    # Scene detection on every output frame at the detection size; events land in the queue (pipeline.scenecut).
+    detector = make_cut_detector(spec.scene, fps)
+    det_w, det_h = detection_size(spec.scene, out_w, out_h)
+    queue = CutQueue()
+    committed = 0  # output ticks below this are final (in a shot, or dropped)
     timings = {"scene_cut_cpu_s": 0.0}
 
     # State of the two grids.
@@ -491,21 +475,19 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
     prev: av.VideoFrame | None = None
     prev_t = 0.0
     decoded = 0
-    pending: deque[tuple[int, av.VideoFrame, np.ndarray]] = deque()  # (tick, yuv frame, tiny luma) not yet committed
+    pending: deque[tuple[int, av.VideoFrame, np.ndarray]] = deque()  # (tick, yuv frame, small rgb) not committed
     analysis: list[np.ndarray] = []  # analysis frames from index an_base on (older ones are released)
     an_base = 0
-    cuts_raw: list[float] = []
-    cuts_out: list[int] = []  # cut ticks on the output grid not yet applied, in order
-    cuts_all: list[int] = []
     clips: list[ExtractedClip] = []
     drops: list[dict[str, Any]] = []
+    guard_cuts: list[tuple[int, int]] = []  # transitions the guard cut out of clips (split mode)
     shot = _Shot(0, spec, out_w, out_h)
     max_frames = max(shot.min_frames, int(math.floor(spec.max_s * fps + 1e-6)))
     audio_chunks: list[np.ndarray] = []
     audio_start: float | None = None
 
     # One swscale context per grid, reused for every frame (PyAV's frame.reformat builds a new one per call).
-    out_sws, an_sws = VideoReformatter(), VideoReformatter()
+    out_sws, an_sws, det_sws = VideoReformatter(), VideoReformatter(), VideoReformatter()
 
     def to_out(frame: av.VideoFrame) -> tuple[av.VideoFrame, np.ndarray]:
         if k_rot:
@@ -513,81 +495,93 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
                                                  interpolation=Interpolation.AREA), k_rot)
         else:
             f = out_sws.reformat(frame, out_w, out_h, "yuv420p", interpolation=Interpolation.AREA)
-        luma = np.frombuffer(f.planes[0], np.uint8).reshape(out_h, -1)[::4, : out_w : 4].astype(np.int16)
-        return f, luma
+        c0 = time.thread_time()
+        small = det_sws.reformat(f, det_w, det_h, "rgb24", interpolation=Interpolation.AREA).to_ndarray()
+        timings["scene_cut_cpu_s"] += time.thread_time() - c0
+        return f, small
 
     def to_an(frame: av.VideoFrame) -> np.ndarray:
         rgb = an_sws.reformat(frame, an_pre[0], an_pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
         return np.ascontiguousarray(np.rot90(rgb, k=k_rot)) if k_rot else rgb
 
     def finish_shot(end_tick: int) -> None:
+        """Close the open shot; the next one starts at ``end_tick``."""
         nonlocal shot, an_base
-        start, n = shot.start_tick, shot.n
+        start, n, small = shot.start_tick, shot.n, shot.small
         data = shot.close()
-        s, e = start / fps, (start + n) / fps
         if data is None:
             if n > 0:
-                drops.append({"start": round(s, 3), "end": round(e, 3), "stage": "scene_cut", "reason": "too_short"})
+                drops.append(_drop(start, start + n, "too_short"))
         else:
-            a0, a1 = int(round(s * afps)) - an_base, int(round(e * afps)) - an_base
-            an = analysis[max(0, a0):a1] or analysis[max(0, a0 - 1):a0 + 1]
-            clips.append(
-                ExtractedClip(
-                    start=s, end=e, mp4=data, wav=b"", analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast"),
-                    frames=n, analysis_frames=len(an), audio_padded_s=0.0,
+            c0 = time.thread_time()
+            parts = guard_spans(small, fps, spec.scene, shot.min_frames)
+            timings["scene_cut_cpu_s"] += time.thread_time() - c0
+            whole = len(parts) == 1 and parts[0][0] == "keep"
+            encoded = iter([data]) if whole else _reencode_parts(data, [(a, b) for act, a, b, _ in parts
+                                                                        if act == "keep"], spec)
+            for act, a, b, verdict in parts:
+                if act == "transition":  # the guard found a transition's frames: dropped like the detector's spans
+                    guard_cuts.append((start + a, start + b))
+                    continue
+                if act != "keep":
+                    drops.append(_drop(start + a, start + b, act, verdict))
+                    continue
+                s, e = (start + a) / fps, (start + b) / fps
+                a0, a1 = int(round(s * afps)) - an_base, int(round(e * afps)) - an_base
+                an = analysis[max(0, a0):a1] or analysis[max(0, a0 - 1):a0 + 1]
+                clips.append(
+                    ExtractedClip(
+                        start=s, end=e, mp4=next(encoded), wav=b"",
+                        analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast"),
+                        frames=b - a, analysis_frames=len(an), audio_padded_s=0.0,
+                        guard=verdict.to_dict() if verdict is not None else {},
+                    )
                 )
-            )
         shot = _Shot(end_tick, spec, out_w, out_h)
         # Release analysis frames that no later shot can need.
         keep_from = max(0, int(math.floor(end_tick / fps * afps)) - 1 - an_base)
         del analysis[:keep_from]
         an_base += keep_from
 
+    def _drop(t0_: int, t1_: int, reason: str, verdict: Any = None) -> dict[str, Any]:
+        d = {"start": round(t0_ / fps, 3), "end": round(t1_ / fps, 3), "stage": "scene_cut", "reason": reason}
+        if verdict is not None:
+            d["scores"] = {"guard": verdict.to_dict()}
+        return d
+
     def commit_until(limit_tick: int) -> None:
-        """Move pending output frames with tick < limit_tick into shots, cutting where cuts say."""
+        """Move pending output frames with tick < limit_tick into shots, cutting and dropping as the queue says."""
+        nonlocal committed
         while pending and pending[0][0] < limit_tick:
-            tick, f, _ = pending.popleft()
-            while cuts_out and cuts_out[0] <= tick:
-                c = cuts_out.pop(0)
-                if c > shot.start_tick:
-                    finish_shot(c)
+            tick, f, small = pending.popleft()
+            committed = tick + 1
+            action = queue.step(tick)
+            if action != "keep":
+                if shot.n:
+                    finish_shot(tick)
+                shot.start_tick = tick + 1 if action == "drop" else tick
+                if action == "drop":
+                    continue
             if shot.n >= max_frames:
                 finish_shot(tick)
-            shot.add(f)
-
-    def on_cuts(times: list[Any]) -> None:
-        for tc in times:
-            ta = tc.frame_num / afps
-            cuts_raw.append(ta)
-            # The change lies between analysis frames at ta - 1/afps and ta. Refine on the output grid.
-            lo_t, hi_t = ta - 1.0 / afps, ta
-            best_tick = int(round(ta * fps))
-            if spec.refine:
-                cand = [(t, l) for (t, _, l) in pending if lo_t * fps - 1 <= t <= hi_t * fps + 1]
-                if len(cand) >= 2:
-                    diffs = [np.abs(cand[i][1] - cand[i - 1][1]).mean() for i in range(1, len(cand))]
-                    best_tick = cand[1 + int(np.argmax(diffs))][0]
-            if not cuts_all or best_tick > cuts_all[-1]:
-                cuts_out.append(best_tick)
-                cuts_all.append(best_tick)
+            shot.add(f, small if spec.scene.guard != "off" else None)
 
     def emit(frame: av.VideoFrame, until_t: float) -> None:
         """Emit ``frame`` on every grid tick before ``until_t`` (source time relative to t0)."""
         nonlocal out_tick, an_tick
         out_conv = None
+        while an_tick / afps < until_t - 1e-9:
+            analysis.append(to_an(frame))
+            an_tick += 1
         while out_tick / fps < until_t - 1e-9:
             if out_conv is None:
                 out_conv = to_out(frame)
             pending.append((out_tick, out_conv[0], out_conv[1]))
+            c0 = time.thread_time()
+            queue.add(detector.push(out_tick, out_tick / fps, out_conv[1]), committed)
+            timings["scene_cut_cpu_s"] += time.thread_time() - c0
             out_tick += 1
-        while an_tick / afps < until_t - 1e-9:
-            img = to_an(frame)
-            analysis.append(img)
-            c0 = time.process_time()
-            on_cuts(detector.process_frame(FrameTimecode(an_tick, fps=afr), img))
-            timings["scene_cut_cpu_s"] += time.process_time() - c0
-            an_tick += 1
-            commit_until(int(math.floor((an_tick / afps - lag_s) * fps)))
+            commit_until(out_tick - detector.lag)
 
     try:
         container = av.open(path, metadata_errors="ignore")
@@ -634,11 +628,9 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
     # The last frame lasts one nominal frame duration.
     nominal = float(vinfo.get("fps") or fps)
     emit(prev, prev_t + 1.0 / nominal)
-    # A windowed detector cannot judge its last frames: feed copies of the last frame (no change) to close the window.
-    if analysis:
-        for i in range(int(detector.event_buffer_length)):
-            on_cuts(detector.process_frame(FrameTimecode(an_tick + i, fps=afr), analysis[-1]))
-    on_cuts(detector.post_process(FrameTimecode(an_tick + int(detector.event_buffer_length), fps=afr)))
+    c0 = time.thread_time()
+    queue.add(detector.flush(), committed)
+    timings["scene_cut_cpu_s"] += time.thread_time() - c0
     commit_until(out_tick + 1)
     finish_shot(out_tick)
 
@@ -657,7 +649,8 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
     return ExtractResult(
         clips=clips,
         drops=drops,
-        cuts=[round(c / fps, 3) for c in cuts_all],
+        cuts=[round((a + b) / 2 / fps, 3) for a, b in sorted(queue.boundaries + guard_cuts)],
+        transitions=[(round(a / fps, 3), round(b / fps, 3)) for a, b in sorted(queue.boundaries + guard_cuts) if b > a],
         width=out_w,
         height=out_h,
         analysis_width=an_w,
@@ -665,6 +658,26 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
         decoded_frames=decoded,
         timings=timings,
     )
+
+
+def _reencode_parts(mp4: bytes, parts: list[tuple[int, int]], spec: ExtractSpec) -> Any:
+    """Yield one H.264 clip per frame range of an encoded clip (the guard's split; rare, so a decode and re-encode
+    of that clip only, streamed frame by frame)."""
+    out: list[bytes] = []
+    writers: list[H264Writer | None] = [None] * len(parts)
+    with av.open(io.BytesIO(mp4)) as c:
+        s = c.streams.video[0]
+        for i, f in enumerate(c.decode(s)):
+            for k, (a, b) in enumerate(parts):
+                if a <= i < b:
+                    if writers[k] is None:
+                        writers[k] = H264Writer(spec.fps, f.width, f.height, spec.crf, spec.preset)
+                    writers[k].write(f)
+    for w in writers:
+        if w is None:
+            raise MediaError("guard split: a part of the clip holds no frames")
+        out.append(w.close())
+    yield from out
 
 
 def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = True) -> int:

@@ -139,7 +139,7 @@ class ExtractOp:
                         "height": result.analysis_height,
                         "frames": ec.analysis_frames,
                     },
-                    "scene": {"cuts_s": result.cuts, "detector": self.spec.detector},
+                    "scene": {"cuts_s": result.cuts, "detector": self.spec.scene.detector, "guard": ec.guard},
                     "scores": {},
                     "recipe_fingerprint": self.fingerprint,
                 }
@@ -204,8 +204,7 @@ def spec_from_recipe(recipe: Any) -> ExtractSpec:
     return ExtractSpec(
         fps=c.fps, short_side=c.short_side, crf=c.crf, preset=c.preset, apply_rotation=c.apply_rotation,
         min_s=c.min_s, max_s=c.max_s, analysis_fps=a.fps, analysis_short_side=a.short_side,
-        detector=s.detector, threshold=s.threshold, min_scene_s=s.min_scene_s, min_score=s.min_score,
-        refine=s.refine,
+        scene=s,
     )
 
 

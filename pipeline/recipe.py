@@ -35,20 +35,41 @@ class RecipeError(ValueError):
 
 @dataclass
 class SceneConfig:
-    """Scene cutting with PySceneDetect, run on the shared analysis frames."""
+    """Scene cutting (``pipeline/scenecut.py``): a detector fed every frame of the clip grid at a small size, then a
+    guard over each clip's frames."""
 
-    detector: str = "adaptive"  # adaptive | content | threshold | histogram | hash
-    threshold: float | None = None  # None: the detector's own default
+    detector: str = "adaptive"  # adaptive | content | threshold | histogram | hash (PySceneDetect) | transnetv2
+    threshold: float | None = None  # None: the detector's own default (transnetv2: 0.5)
     min_scene_s: float = 0.5  # shortest shot the detector may report
-    min_score: float = 12.0  # adaptive detector: lowest content score that can be a cut (PySceneDetect: 15)
-    refine: bool = True  # move each cut to the largest frame change at the output frame rate
+    min_score: float = 9.0  # adaptive detector: lowest content score that can be a cut (PySceneDetect: 15)
+    short_side: int = 64  # detection size: short side of the frames PySceneDetect sees (transnetv2: 48x27)
+    fps: float | None = None  # frames a second the detector sees; None: every frame of the clip grid
+    refine: bool = True  # with a subsampled `fps`: move each cut to the largest change between sampled frames
+    gradual: bool = True  # PySceneDetect detectors: also find dissolves and fades and drop their frames
+    trim_s: float = 0.04  # extra seconds dropped on each side of a gradual transition
+    device: str = "auto"  # transnetv2: auto (a GPU when visible) | cpu | cuda | cuda:N
+    guard: str = "split"  # a clip that still holds a transition: split | drop | off
+    guard_ratio: float = 6.0  # guard: largest frame change / the clip's 90th-percentile change
+    guard_min_step: float = 8.0  # guard: smallest frame change (mean abs, 0-255, 32-px thumbnails) it may flag
 
     def validate(self, where: str) -> None:
-        _choice(self.detector, ("content", "adaptive", "threshold", "histogram", "hash"), f"{where}.detector")
+        _choice(self.detector, ("content", "adaptive", "threshold", "histogram", "hash", "transnetv2"),
+                f"{where}.detector")
         if self.threshold is not None and self.threshold <= 0:
             raise RecipeError(f"{where}.threshold: must be > 0, got {self.threshold}")
+        if self.detector == "transnetv2" and self.threshold is not None and self.threshold >= 1:
+            raise RecipeError(f"{where}.threshold: transnetv2 takes a probability in (0, 1), got {self.threshold}")
         _positive(self.min_scene_s, f"{where}.min_scene_s", allow_zero=True)
         _positive(self.min_score, f"{where}.min_score", allow_zero=True)
+        _range(self.short_side, 8, 2160, f"{where}.short_side")
+        if self.fps is not None:
+            _positive(self.fps, f"{where}.fps")
+        _range(self.trim_s, 0, 1, f"{where}.trim_s")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise RecipeError(f"{where}.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _choice(self.guard, ("split", "drop", "off"), f"{where}.guard")
+        _positive(self.guard_ratio, f"{where}.guard_ratio")
+        _positive(self.guard_min_step, f"{where}.guard_min_step")
 
 
 @dataclass
@@ -156,6 +177,8 @@ class Recipe:
         self.analysis.validate("analysis")
         self.shards.validate("shards")
         self.run.validate("run")
+        if self.scene.fps is not None and self.scene.fps > self.clips.fps:
+            raise RecipeError(f"scene.fps: must be <= clips.fps ({self.clips.fps}), got {self.scene.fps}")
         if self.analysis.fps > self.clips.fps:
             raise RecipeError(f"analysis.fps: must be <= clips.fps ({self.clips.fps}), got {self.analysis.fps}")
         from stages import validate_stage_configs  # the stage registry owns the stage sections
