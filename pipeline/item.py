@@ -1,9 +1,17 @@
-"""The unit of work that flows through the Ray Data graph: one source video and the clips cut from it.
+"""The units of work that flow through the Ray Data graph.
 
-A source's clips travel together from clip extraction to the shard sink, so a source is committed to exactly one
-shard, together with its manifest record, or not at all (see ``pipeline/sink.py``). Between Ray operators an item
-travels pickled in a single binary column: encoded clip bytes (H.264, PCM WAV) and small metadata, never decoded
-frames. Decoded frames are cached on the clip object inside one operator and dropped before it is pickled again.
+After probing, a source is planned as one or more **windows** (``run.window_s`` of source time each, so a two-hour
+source spreads over the cluster and no worker decodes all of it). Extraction decodes one window and streams out
+**units**: a :class:`SourceItem` holding a few consecutive clips of that window (``run.clips_per_unit``), as soon as
+their shots close. Each unit travels alone through the stages to the sink and is committed with its own manifest
+record, so a failure loses one unit, not a source. When a window is fully decoded the extractor emits one last
+item, its **summary** (``kind == "summary"``): the keys of every clip the window produced, the spans scene cutting
+dropped, and the probe and extraction stats. A source is done when the manifest holds the summary of each of its
+windows and a final record for every key those summaries name (see ``pipeline/manifest.py``).
+
+Between Ray operators an item travels pickled in one binary column: encoded clip bytes (a small H.264 of the
+analysis frames, PCM WAV, and the clip's H.264 once it is encoded) and small metadata, never decoded frames. Decoded
+frames are cached on the clip object inside one operator and dropped before it is pickled again.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-# Source statuses in the manifest.
+# Statuses in the manifest.
 DONE = "done"  # produced at least one clip, all written
 FILTERED = "filtered"  # processed fine, every clip dropped (or no clip at all), reasons recorded
 FAILED = "failed"  # an error; retried on the next run up to run.max_attempts
@@ -24,12 +32,15 @@ QUARANTINED = "quarantined"  # unreadable input, or failed max_attempts times; n
 
 FINAL_STATUSES = (DONE, FILTERED, QUARANTINED)
 
+UNIT = "unit"  # an item holding clips
+SUMMARY = "summary"  # the last item of a window: what it produced
+
 
 @dataclass
 class StageStat:
-    """What one stage did to one source's clips. Summed over sources into the run's stats table."""
+    """What one stage did to one item's clips. Summed over items into the run's stats table."""
 
-    unit: str = "clips"  # "sources" for per-source stages (probe), "clips" otherwise
+    unit: str = "clips"  # "sources" for per-source stages (probe, extract), "clips" otherwise
     items_in: int = 0
     items_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
@@ -56,9 +67,9 @@ class Clip:
     """One clip: its encoded media, the JSON metadata being built, and extra shard members from stages."""
 
     key: str
-    start: float  # seconds in the source's (display) timeline
+    start: float  # seconds in the source's (display) timeline, from its first video frame
     end: float
-    mp4: bytes  # H.264 at the recipe's fps and size
+    mp4: bytes | None  # H.264 at the recipe's fps and size (None until the encode step has run)
     wav: bytes  # 16 kHz mono PCM WAV
     analysis_mp4: bytes  # small frames at the analysis fps and size, for stages; not written to the shard
     meta: dict[str, Any] = field(default_factory=dict)  # becomes the sample's json member
@@ -93,6 +104,9 @@ class Clip:
         if "frames" not in self._cache:
             from pipeline.media import decode_video_bytes
 
+            if self.mp4 is None:
+                raise RuntimeError(f"clip {self.key}: not encoded yet (a stage that reads clip frames must declare "
+                                   "reads_clip_frames = True so the encode step runs before it)")
             self._cache["frames"] = decode_video_bytes(self.mp4)
         return self._cache["frames"]
 
@@ -112,19 +126,43 @@ class Clip:
 
 @dataclass
 class SourceItem:
-    """One raw video and everything the pipeline learned about it."""
+    """A unit of work: some consecutive clips of one window of one source (or, with ``kind == "summary"``, what that
+    window produced). ``path``, ``probe`` and ``clips`` are what stages read."""
 
     path: str
-    attempts: int = 0  # attempts before this one (from the manifest)
+    attempts: int = 0  # failed attempts before this one (from the manifest)
     sha256: str | None = None
     size: int | None = None
     probe: dict[str, Any] = field(default_factory=dict)
+    window: int = 0  # which window of the source (0-based)
+    windows: int = 1  # how many windows the source has
+    window_span: tuple[float, float] | None = None  # source seconds [start, end) of this window (None: whole source)
+    kind: str = UNIT
+    seq: int = 0  # the unit's index within its window (summaries: how many units the window emitted)
     status: str | None = None  # None while in flight; one of the statuses above at the end
     reason: str | None = None  # why it was filtered, failed or quarantined
     error: str | None = None  # traceback text for failures
     clips: list[Clip] = field(default_factory=list)
-    drops: list[dict[str, Any]] = field(default_factory=list)  # dropped clips' spans and reasons (no media)
+    # The clips just before and after this unit's (analysis frames only; never written, never scored): stages that
+    # compare a clip with its neighbours (subtitles that change from shot to shot) read them.
+    context: list[Clip] = field(default_factory=list)
+    drops: list[dict[str, Any]] = field(default_factory=list)  # dropped clips' keys, spans, stage, reason, scores
+    unit_keys: list[str] = field(default_factory=list)  # every clip key this item stands for (summary: the window's)
+    skip_keys: frozenset[str] = frozenset()  # keys already final in the manifest: extraction does not emit them
+    key_attempts: dict[str, int] = field(default_factory=dict)  # failed attempts so far of keys that failed before
+    facts: dict[str, Any] = field(default_factory=dict)  # summaries: what extraction found (cuts, sizes)
     stats: dict[str, StageStat] = field(default_factory=dict)
+
+    @property
+    def unit_id(self) -> str:
+        """A stable name of this unit: the source's hash, the window, and (for units) the first clip key."""
+        import hashlib
+
+        ident = self.sha256[:16] if self.sha256 else "p" + hashlib.sha1(self.path.encode()).hexdigest()[:15]
+        base = f"{ident}.w{self.window}"
+        if self.kind == SUMMARY:
+            return base + ".summary"
+        return f"{base}.{self.unit_keys[0] if self.unit_keys else 'source'}"
 
     @property
     def alive(self) -> list[Clip]:
@@ -181,14 +219,14 @@ class StageTimer:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Row codec for Ray Data: {"path": str, "item": bytes}
+# Row codec for Ray Data: {"path": str, "kind": str, "item": bytes}
 # --------------------------------------------------------------------------------------------------------------
 
 
 def to_row(item: SourceItem) -> dict[str, Any]:
     buf = io.BytesIO()
     pickle.dump(item, buf, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"path": item.path, "item": buf.getvalue()}
+    return {"path": item.path, "kind": item.kind, "item": buf.getvalue()}
 
 
 def from_row(row: dict[str, Any]) -> SourceItem:
@@ -203,5 +241,6 @@ def batch_from_items(items: list[SourceItem]) -> dict[str, Any]:
     rows = [to_row(it) for it in items]
     return {
         "path": np.array([r["path"] for r in rows], dtype=object),
+        "kind": np.array([r["kind"] for r in rows], dtype=object),
         "item": np.array([r["item"] for r in rows], dtype=object),
     }

@@ -22,6 +22,7 @@ the most recent frame.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -31,7 +32,7 @@ import wave
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Iterator
 
 import av
 import numpy as np
@@ -41,6 +42,7 @@ from pipeline.recipe import SceneConfig
 from pipeline.scenecut import CutQueue, detection_size, guard_spans, make_cut_detector
 
 AUDIO_RATE = 16_000
+WINDOW_WARMUP_S = 2.0  # seconds of frames before a window that only warm the scene detector up
 
 
 class MediaError(Exception):
@@ -65,13 +67,15 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _first_frame_rotation(container: Any, stream: Any) -> int:
+def _first_frame(container: Any, stream: Any) -> tuple[int, float | None]:
     """The display-matrix rotation as ffprobe reports it (degrees, counter-clockwise; -90 means players turn the
-    picture 90 degrees clockwise). PyAV exposes it on decoded frames, so the first frame is decoded."""
+    picture 90 degrees clockwise), and the presentation time of the first decoded frame (every grid is counted from
+    it). PyAV exposes the rotation on decoded frames, so the first frames are decoded."""
     container.seek(0)
     for frame in container.decode(stream):
-        return int(round(getattr(frame, "rotation", 0) or 0))
-    return 0
+        if frame.time is not None:
+            return int(round(getattr(frame, "rotation", 0) or 0)), float(frame.time)
+    return 0, None
 
 
 def rotation_steps(rotation: int) -> int:
@@ -138,7 +142,7 @@ def probe(path: str) -> dict[str, Any]:
         if expected and len(pts) < 0.9 * expected:
             raise MediaError(f"{path}: truncated: the index lists {expected} video frames, the file holds {len(pts)}")
         try:
-            rotation = _first_frame_rotation(container, v)
+            rotation, first_time = _first_frame(container, v)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: the first video frame does not decode ({_short(e)})") from None
         dw, dh = _display_size(cc.width, cc.height, sar, rotation)
@@ -156,6 +160,7 @@ def probe(path: str) -> dict[str, Any]:
                 "mean_fps": round((len(pts) - 1) / max(1e-9, float(pts_arr[-1] - pts_arr[0])), 4),
                 "variable_frame_rate": vfr,
                 "rotation": rotation,
+                "start_time": first_time,  # seconds: the first decoded frame, time 0 of every clip grid
                 "sample_aspect_ratio": f"{sar.numerator}:{sar.denominator}",
                 "display_width": dw,
                 "display_height": dh,
@@ -295,7 +300,8 @@ def load_audio(path: str, rate: int = AUDIO_RATE) -> np.ndarray:
 class H264Writer:
     """Streams VideoFrames into an in-memory H.264 mp4 at a constant frame rate."""
 
-    def __init__(self, fps: float, width: int, height: int, crf: int = 20, preset: str = "veryfast", gop: int | None = None):
+    def __init__(self, fps: float, width: int, height: int, crf: int = 20, preset: str = "veryfast",
+                 gop: int | None = None, threads: int | None = None):
         self.buf = io.BytesIO()
         self.container = av.open(self.buf, "w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001)
@@ -306,6 +312,8 @@ class H264Writer:
         opts = {"crf": str(crf), "preset": preset, "movflags": "+faststart"}
         if gop:
             opts["g"] = str(gop)
+        if threads:
+            opts["threads"] = str(threads)  # x264 otherwise starts 1.5 threads per core of the node
         self.stream.options = opts
         self.stream.codec_context.time_base = Fraction(1) / rate
         self.n = 0
@@ -314,6 +322,7 @@ class H264Writer:
         if frame.format.name != "yuv420p" or frame.width != self.stream.width or frame.height != self.stream.height:
             frame = frame.reformat(self.stream.width, self.stream.height, "yuv420p")
         frame.pts = self.n
+        frame.pict_type = av.video.frame.PictureType.NONE  # the source decoder's frame type is not ours to follow
         frame.time_base = self.stream.codec_context.time_base
         self.n += 1
         for pkt in self.stream.encode(frame):
@@ -369,19 +378,24 @@ class ExtractSpec:
     analysis_fps: float = 5.0
     analysis_short_side: int = 360
     scene: SceneConfig = field(default_factory=SceneConfig)
+    encode_in_pass: bool = False  # encode each clip in the single pass (else EncodeOp encodes the survivors later)
 
 
 @dataclass
 class ExtractedClip:
     start: float
     end: float
-    mp4: bytes
+    mp4: bytes | None  # None unless encoded in the pass
     wav: bytes
     analysis_mp4: bytes
     frames: int
     analysis_frames: int
     audio_padded_s: float  # seconds of silence added where the source had no audio
     guard: dict[str, Any] = field(default_factory=dict)  # the guard's verdict on this clip
+    width: int = 0  # output grid size
+    height: int = 0
+    analysis_width: int = 0
+    analysis_height: int = 0
 
 
 @dataclass
@@ -412,190 +426,257 @@ def _rotate_yuv420p(frame: av.VideoFrame, k: int) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(flat.reshape(oh * 3 // 2, ow), format="yuv420p")
 
 
-class _Shot:
-    """The shot being assembled: output frames held until it is long enough, then streamed into an encoder."""
+@dataclass
+class ExtractSummary:
+    """The last thing :func:`iter_extract` yields: what the window's pass found besides its clips."""
 
-    def __init__(self, start_tick: int, spec: ExtractSpec, width: int, height: int):
-        self.start_tick = start_tick
-        self.spec = spec
-        self.width, self.height = width, height
-        self.held: list[av.VideoFrame] = []
-        self.small: list[np.ndarray] = []  # the detector's small frames, for the guard
-        self.writer: H264Writer | None = None
-        self.n = 0
-        self.min_frames = max(1, math.ceil(spec.min_s * spec.fps - 1e-6))
-
-    def add(self, frame: av.VideoFrame, small: np.ndarray | None = None) -> None:
-        self.n += 1
-        if small is not None:
-            self.small.append(small)
-        if self.writer is None:
-            self.held.append(frame)
-            if self.n >= self.min_frames:
-                self.writer = H264Writer(self.spec.fps, self.width, self.height, self.spec.crf, self.spec.preset)
-                for f in self.held:
-                    self.writer.write(f)
-                self.held = []
-        else:
-            self.writer.write(frame)
-
-    def close(self) -> bytes | None:
-        if self.writer is None or self.n < self.min_frames:
-            self.held = []
-            return None
-        return self.writer.close()
+    drops: list[dict[str, Any]]  # spans dropped here (too_short, guard) with reasons
+    cuts: list[float]  # shot boundaries in seconds (a hard cut's time, a dropped transition's middle)
+    transitions: list[tuple[float, float]]  # dropped transition spans (s)
+    width: int
+    height: int
+    analysis_width: int
+    analysis_height: int
+    decoded_frames: int
+    seconds: float  # source seconds covered by this window's grid
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> ExtractResult:
-    """Decode ``path`` once; cut it into shots; encode clips, analysis frames and audio. Raises :class:`MediaError`."""
-    vinfo = info["video"]
-    rotation = int(vinfo.get("rotation", 0)) if spec.apply_rotation else 0
-    sar_n, sar_d = (int(x) for x in vinfo.get("sample_aspect_ratio", "1:1").split(":"))
-    sar = Fraction(sar_n, sar_d) if sar_n > 0 and sar_d > 0 else Fraction(1)
-    disp_w, disp_h = _display_size(vinfo["width"], vinfo["height"], sar, rotation)
-    out_w, out_h = fit_short_side(disp_w, disp_h, spec.short_side)
-    an_w, an_h = fit_short_side(disp_w, disp_h, spec.analysis_short_side)
-    # Size handed to swscale is the pre-rotation size.
-    k_rot = rotation_steps(rotation)
-    pre = (lambda w, h: (h, w)) if k_rot % 2 == 1 else (lambda w, h: (w, h))
-    out_pre, an_pre = pre(out_w, out_h), pre(an_w, an_h)
+class Geometry:
+    """Sizes and rotation of one source on the two grids, from its probe facts and the spec."""
 
-    fps, afps = spec.fps, spec.analysis_fps
-    # Scene detection on every output frame at the detection size; events land in the queue (pipeline.scenecut).
-    detector = make_cut_detector(spec.scene, fps)
-    det_w, det_h = detection_size(spec.scene, out_w, out_h)
-    queue = CutQueue()
-    committed = 0  # output ticks below this are final (in a shot, or dropped)
-    timings = {"scene_cut_cpu_s": 0.0}
+    def __init__(self, info: dict[str, Any], spec: ExtractSpec):
+        vinfo = info["video"]
+        rotation = int(vinfo.get("rotation", 0)) if spec.apply_rotation else 0
+        sar_n, sar_d = (int(x) for x in vinfo.get("sample_aspect_ratio", "1:1").split(":"))
+        sar = Fraction(sar_n, sar_d) if sar_n > 0 and sar_d > 0 else Fraction(1)
+        disp_w, disp_h = _display_size(vinfo["width"], vinfo["height"], sar, rotation)
+        self.out = fit_short_side(disp_w, disp_h, spec.short_side)
+        self.an = fit_short_side(disp_w, disp_h, spec.analysis_short_side)
+        self.k_rot = rotation_steps(rotation)
+        self.det = detection_size(spec.scene, *self.out)
+        # Sizes handed to swscale are pre-rotation sizes.
+        self.out_pre, self.an_pre, self.det_pre = (self._pre(*x) for x in (self.out, self.an, self.det))
+        self.nominal_fps = float(vinfo.get("fps") or spec.fps)
+        self.start_time = vinfo.get("start_time")
 
-    # State of the two grids.
-    out_tick = 0  # next output tick to emit
-    an_tick = 0
-    t0: float | None = None
-    prev: av.VideoFrame | None = None
-    prev_t = 0.0
-    decoded = 0
-    pending: deque[tuple[int, av.VideoFrame, np.ndarray]] = deque()  # (tick, yuv frame, small rgb) not committed
-    analysis: list[np.ndarray] = []  # analysis frames from index an_base on (older ones are released)
-    an_base = 0
-    clips: list[ExtractedClip] = []
-    drops: list[dict[str, Any]] = []
-    guard_cuts: list[tuple[int, int]] = []  # transitions the guard cut out of clips (split mode)
-    shot = _Shot(0, spec, out_w, out_h)
-    max_frames = max(shot.min_frames, int(math.floor(spec.max_s * fps + 1e-6)))
-    audio_chunks: list[np.ndarray] = []
-    audio_start: float | None = None
+    def _pre(self, w: int, h: int) -> tuple[int, int]:
+        return (h, w) if self.k_rot % 2 == 1 else (w, h)
 
-    # One swscale context per grid, reused for every frame (PyAV's frame.reformat builds a new one per call).
-    out_sws, an_sws, det_sws = VideoReformatter(), VideoReformatter(), VideoReformatter()
+    def to_out(self, sws: VideoReformatter, frame: av.VideoFrame) -> av.VideoFrame:
+        """A decoded frame on the output grid: yuv420p, display size, rotation applied."""
+        if self.k_rot:
+            return _rotate_yuv420p(sws.reformat(frame, self.out_pre[0], self.out_pre[1], "yuv420p",
+                                                interpolation=Interpolation.AREA), self.k_rot)
+        return sws.reformat(frame, self.out[0], self.out[1], "yuv420p", interpolation=Interpolation.AREA)
 
-    def to_out(frame: av.VideoFrame) -> tuple[av.VideoFrame, np.ndarray]:
-        if k_rot:
-            f = _rotate_yuv420p(out_sws.reformat(frame, out_pre[0], out_pre[1], "yuv420p",
-                                                 interpolation=Interpolation.AREA), k_rot)
-        else:
-            f = out_sws.reformat(frame, out_w, out_h, "yuv420p", interpolation=Interpolation.AREA)
-        c0 = time.thread_time()
-        small = det_sws.reformat(f, det_w, det_h, "rgb24", interpolation=Interpolation.AREA).to_ndarray()
-        timings["scene_cut_cpu_s"] += time.thread_time() - c0
-        return f, small
+    def to_rgb(self, sws: VideoReformatter, frame: av.VideoFrame, pre: tuple[int, int]) -> np.ndarray:
+        rgb = sws.reformat(frame, pre[0], pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
+        return np.ascontiguousarray(np.rot90(rgb, k=self.k_rot)) if self.k_rot else rgb
 
-    def to_an(frame: av.VideoFrame) -> np.ndarray:
-        rgb = an_sws.reformat(frame, an_pre[0], an_pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
-        return np.ascontiguousarray(np.rot90(rgb, k=k_rot)) if k_rot else rgb
 
-    def finish_shot(end_tick: int) -> None:
-        """Close the open shot; the next one starts at ``end_tick``."""
-        nonlocal shot, an_base
-        start, n, small = shot.start_tick, shot.n, shot.small
-        data = shot.close()
-        if data is None:
-            if n > 0:
-                drops.append(_drop(start, start + n, "too_short"))
-        else:
-            c0 = time.thread_time()
-            parts = guard_spans(small, fps, spec.scene, shot.min_frames)
-            timings["scene_cut_cpu_s"] += time.thread_time() - c0
-            whole = len(parts) == 1 and parts[0][0] == "keep"
-            encoded = iter([data]) if whole else _reencode_parts(data, [(a, b) for act, a, b, _ in parts
-                                                                        if act == "keep"], spec)
-            for act, a, b, verdict in parts:
-                if act == "transition":  # the guard found a transition's frames: dropped like the detector's spans
-                    guard_cuts.append((start + a, start + b))
-                    continue
-                if act != "keep":
-                    drops.append(_drop(start + a, start + b, act, verdict))
-                    continue
-                s, e = (start + a) / fps, (start + b) / fps
-                a0, a1 = int(round(s * afps)) - an_base, int(round(e * afps)) - an_base
-                an = analysis[max(0, a0):a1] or analysis[max(0, a0 - 1):a0 + 1]
-                clips.append(
-                    ExtractedClip(
-                        start=s, end=e, mp4=next(encoded), wav=b"",
-                        analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast"),
-                        frames=b - a, analysis_frames=len(an), audio_padded_s=0.0,
-                        guard=verdict.to_dict() if verdict is not None else {},
-                    )
-                )
-        shot = _Shot(end_tick, spec, out_w, out_h)
-        # Release analysis frames that no later shot can need.
-        keep_from = max(0, int(math.floor(end_tick / fps * afps)) - 1 - an_base)
-        del analysis[:keep_from]
-        an_base += keep_from
-
-    def _drop(t0_: int, t1_: int, reason: str, verdict: Any = None) -> dict[str, Any]:
-        d = {"start": round(t0_ / fps, 3), "end": round(t1_ / fps, 3), "stage": "scene_cut", "reason": reason}
-        if verdict is not None:
-            d["scores"] = {"guard": verdict.to_dict()}
-        return d
-
-    def commit_until(limit_tick: int) -> None:
-        """Move pending output frames with tick < limit_tick into shots, cutting and dropping as the queue says."""
-        nonlocal committed
-        while pending and pending[0][0] < limit_tick:
-            tick, f, small = pending.popleft()
-            committed = tick + 1
-            action = queue.step(tick)
-            if action != "keep":
-                if shot.n:
-                    finish_shot(tick)
-                shot.start_tick = tick + 1 if action == "drop" else tick
-                if action == "drop":
-                    continue
-            if shot.n >= max_frames:
-                finish_shot(tick)
-            shot.add(f, small if spec.scene.guard != "off" else None)
-
-    def emit(frame: av.VideoFrame, until_t: float) -> None:
-        """Emit ``frame`` on every grid tick before ``until_t`` (source time relative to t0)."""
-        nonlocal out_tick, an_tick
-        out_conv = None
-        while an_tick / afps < until_t - 1e-9:
-            analysis.append(to_an(frame))
-            an_tick += 1
-        while out_tick / fps < until_t - 1e-9:
-            if out_conv is None:
-                out_conv = to_out(frame)
-            pending.append((out_tick, out_conv[0], out_conv[1]))
-            c0 = time.thread_time()
-            queue.add(detector.push(out_tick, out_tick / fps, out_conv[1]), committed)
-            timings["scene_cut_cpu_s"] += time.thread_time() - c0
-            out_tick += 1
-            commit_until(out_tick - detector.lag)
-
+def _open(path: str, threads: int) -> tuple[Any, Any]:
     try:
         container = av.open(path, metadata_errors="ignore")
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot open ({_short(e)})") from None
+    v = container.streams.video[0]
+    v.thread_type = "AUTO"
+    v.thread_count = max(1, int(threads))
+    return container, v
+
+
+def _seek(container: Any, v: Any, t: float) -> None:
+    """Seek to the keyframe at or before source time ``t`` (seconds, container timeline)."""
+    if t > 0 and v.time_base:
+        container.seek(int(t / float(v.time_base)), stream=v, backward=True, any_frame=False)
+
+
+class _Grid:
+    """Holds decoded frames until the next one arrives and hands each grid tick the latest frame shown by then (a
+    frame with time t covers the ticks k with k / fps in [t, t_next)); every grid of a source counts from t0."""
+
+    def __init__(self, fps: float, first_tick: int):
+        self.fps = fps
+        self.tick = first_tick
+
+    def due(self, until_t: float) -> int:
+        """How many ticks (from ``self.tick`` on) fall before ``until_t``; advances past them."""
+        n = 0
+        while self.tick / self.fps < until_t - 1e-9:
+            self.tick += 1
+            n += 1
+        return n
+
+
+def iter_extract(path: str, info: dict[str, Any], spec: ExtractSpec, span: tuple[float, float | None] | None = None,
+                 threads: int = 1) -> Iterator[Any]:
+    """Decode one window of ``path`` once and yield each clip (:class:`ExtractedClip`) as soon as its shot has closed
+    and its audio has been read, then one :class:`ExtractSummary`. Raises :class:`MediaError`.
+
+    ``span`` (source seconds from the first video frame, end None for the end of the source): the window. Shots are
+    cut at its edges; the scene detector is fed two seconds before it so its state is warm at the start. Memory holds
+    the open shot (its small frames for the guard, and with ``spec.encode_in_pass`` its H.264 encoder), the detector's
+    lag, and the clips whose audio has not been read yet: nothing grows with the length of the source."""
+    geo = Geometry(info, spec)
+    fps, afps = spec.fps, spec.analysis_fps
+    w0, w1 = span if span is not None else (0.0, None)
+    tick_lo = int(math.ceil(w0 * fps - 1e-6))
+    tick_hi = int(math.ceil(w1 * fps - 1e-6)) if w1 is not None else None
+    warm_s = WINDOW_WARMUP_S if w0 > 0 else 0.0
+    timings = {"scene_cut_cpu_s": 0.0}
+
+    detector = make_cut_detector(spec.scene, fps)
+    queue = CutQueue()
+    min_frames = max(1, math.ceil(spec.min_s * fps - 1e-6))
+    max_frames = max(min_frames, int(math.floor(spec.max_s * fps + 1e-6)))
+    drops: list[dict[str, Any]] = []
+    guard_cuts: list[tuple[int, int]] = []
+    closed: deque[ExtractedClip] = deque()  # clips whose audio is still being read
+    an_sws, det_sws, out_sws = VideoReformatter(), VideoReformatter(), VideoReformatter()
+
+    # Analysis frames of the open shot (and the frames just before it, where a clip may start).
+    analysis: deque[tuple[int, np.ndarray]] = deque()
+    # Pending output ticks (the detector's lag): (tick, small frame, output frame or None).
+    pending: deque[tuple[int, np.ndarray, av.VideoFrame | None]] = deque()
+
+    class Shot:
+        def __init__(self, start: int):
+            self.start = start
+            self.n = 0
+            self.small: list[np.ndarray] = []
+            self.held: list[av.VideoFrame] = []
+            self.writer: H264Writer | None = None
+
+        def add(self, small: np.ndarray, frame: av.VideoFrame | None) -> None:
+            self.n += 1
+            if spec.scene.guard != "off":
+                self.small.append(small)
+            if frame is None:
+                return
+            if self.writer is None:
+                self.held.append(frame)
+                if self.n >= min_frames:
+                    self.writer = H264Writer(fps, geo.out[0], geo.out[1], spec.crf, spec.preset, threads=threads)
+                    for f in self.held:
+                        self.writer.write(f)
+                    self.held = []
+            else:
+                self.writer.write(frame)
+
+    shot = Shot(tick_lo)
+
+    def drop_span(a: int, b: int, reason: str, verdict: Any = None) -> None:
+        d = {"start": round(a / fps, 3), "end": round(b / fps, 3), "stage": "scene_cut", "reason": reason}
+        if verdict is not None:
+            d["scores"] = {"guard": verdict.to_dict()}
+        drops.append(d)
+
+    def finish_shot(end_tick: int) -> None:
+        """Close the open shot; the next one starts at ``end_tick``."""
+        nonlocal shot
+        start, n = shot.start, shot.n
+        if n >= min_frames:
+            data = shot.writer.close() if shot.writer is not None else None
+            c0 = time.thread_time()
+            parts = guard_spans(shot.small, fps, spec.scene, min_frames)
+            timings["scene_cut_cpu_s"] += time.thread_time() - c0
+            keeps = [(a, b) for act, a, b, _ in parts if act == "keep"]
+            encoded = iter([data] * len(keeps)) if data is None else (
+                iter([data]) if keeps == [(0, n)] else _reencode_parts(data, keeps, spec))
+            for act, a, b, verdict in parts:
+                if act == "transition":  # the guard found a transition's frames: dropped like the detector's spans
+                    guard_cuts.append((start + a, start + b))
+                elif act != "keep":
+                    drop_span(start + a, start + b, act, verdict)
+                else:
+                    closed.append(_clip_of(start + a, start + b, next(encoded), verdict))
+        elif n > 0:
+            drop_span(start, start + n, "too_short")
+        shot = Shot(end_tick)
+        # Release analysis frames that no later clip can need.
+        keep_from = int(math.floor(end_tick / fps * afps)) - 1
+        while analysis and analysis[0][0] < keep_from:
+            analysis.popleft()
+
+    def _clip_of(a: int, b: int, mp4: bytes | None, verdict: Any) -> ExtractedClip:
+        s, e = a / fps, b / fps
+        a0, a1 = int(round(s * afps)), int(round(e * afps))
+        an = [img for t, img in analysis if a0 <= t < a1] or [img for t, img in analysis if a0 - 1 <= t <= a0][:1]
+        return ExtractedClip(
+            start=s, end=e, mp4=mp4, wav=b"", analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast"),
+            frames=b - a, analysis_frames=len(an), audio_padded_s=0.0,
+            guard=verdict.to_dict() if verdict is not None else {},
+            width=geo.out[0], height=geo.out[1], analysis_width=geo.an[0], analysis_height=geo.an[1])
+
+    def commit_until(limit: int) -> None:
+        """Move pending ticks below ``limit`` into shots, cutting and dropping as the queue says."""
+        while pending and pending[0][0] < limit:
+            tick, small, frame = pending.popleft()
+            action = queue.step(tick)
+            if tick < tick_lo:
+                continue  # warm-up frames: the detector saw them; they belong to the previous window
+            if action != "keep":
+                if shot.n:
+                    finish_shot(tick)
+                shot.start = tick + 1 if action == "drop" else tick
+                if action == "drop":
+                    continue
+            if shot.n >= max_frames:
+                finish_shot(tick)
+            shot.add(small, frame)
+
+    out_grid = _Grid(fps, 0)
+    an_grid = _Grid(afps, 0)
+    audio = _AudioTrack()
+    decoded = 0
+    t0 = geo.start_time
+    prev: av.VideoFrame | None = None
+    prev_t = 0.0
+    first_tick: int | None = None
+
+    def emit(frame: av.VideoFrame, until_t: float) -> None:
+        """Hand ``frame`` to every grid tick before ``until_t`` (seconds from t0)."""
+        nonlocal first_tick
+        start_an = an_grid.tick
+        n_an = an_grid.due(until_t)
+        if n_an:
+            img = geo.to_rgb(an_sws, frame, geo.an_pre)
+            for k in range(start_an, start_an + n_an):
+                analysis.append((k, img))
+        start = out_grid.tick
+        n = out_grid.due(until_t)
+        if not n:
+            return
+        if first_tick is None:
+            first_tick = start
+        c0 = time.thread_time()
+        small = geo.to_rgb(det_sws, frame, geo.det_pre)
+        timings["scene_cut_cpu_s"] += time.thread_time() - c0
+        out = geo.to_out(out_sws, frame) if spec.encode_in_pass and start + n > tick_lo else None
+        for tick in range(start, start + n):
+            pending.append((tick, small, out))
+            c0 = time.thread_time()
+            queue.add(detector.push(tick, tick / fps, small), tick + 1 - len(pending))
+            timings["scene_cut_cpu_s"] += time.thread_time() - c0
+        commit_until(out_grid.tick - detector.lag)
+
+    container, v = _open(path, threads)
     with container:
-        v = container.streams.video[0]
-        v.thread_type = "AUTO"
-        streams = [v]
         a = container.streams.audio[0] if container.streams.audio else None
-        resampler = None
-        if a is not None:
-            streams.append(a)
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        streams = [v] + ([a] if a is not None else [])
+        if t0 is None:  # probe facts from before start_time was recorded
+            _, t0 = _first_frame(container, v)
+            container.seek(0)
+        if t0 is None:
+            raise MediaError(f"{path}: no decodable video frames")
+        warm_tick = max(0, int(math.floor((w0 - warm_s) * fps)))
+        out_grid.tick = warm_tick
+        an_grid.tick = int(math.ceil(warm_tick / fps * afps - 1e-9))
+        _seek(container, v, t0 + warm_tick / fps - 1.0)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE) if a is not None else None
+        audio_done = a is None
+        hi_t = (tick_hi + detector.lag + 2) / fps if tick_hi is not None else None
         try:
             for packet in container.demux(*streams):
                 if packet.stream.type == "video":
@@ -603,61 +684,180 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
                         if frame.time is None:
                             continue
                         decoded += 1
-                        if t0 is None:
-                            t0 = frame.time
                         t = frame.time - t0
                         if prev is not None and t > prev_t:
-                            emit(prev, t)
+                            emit(prev, min(t, tick_hi / fps) if tick_hi is not None else t)
                         if prev is None or t >= prev_t:
                             prev, prev_t = frame, t
                 elif resampler is not None:
                     for frame in packet.decode():
-                        if audio_start is None and frame.time is not None:
-                            audio_start = frame.time
-                        for o in resampler.resample(frame):
-                            audio_chunks.append(o.to_ndarray().reshape(-1))
+                        audio.add(frame, t0, resampler)
+                yield from _ready(closed, audio, audio_done)
+                if hi_t is not None and prev_t > hi_t and audio.until() > hi_t + 1.0:
+                    break  # the window's frames, the detector's lag and its clips' audio are all read
         except av.FFmpegError as e:
             if decoded == 0:
                 raise MediaError(f"{path}: cannot decode video ({_short(e)})") from None
             # A damaged tail: keep what decoded; the probe already rejected badly truncated files.
         if resampler is not None:
-            for o in resampler.resample(None):
-                audio_chunks.append(o.to_ndarray().reshape(-1))
-    if prev is None or t0 is None:
+            audio.flush(resampler, t0)
+    if prev is None:
         raise MediaError(f"{path}: no decodable video frames")
-    # The last frame lasts one nominal frame duration.
-    nominal = float(vinfo.get("fps") or fps)
-    emit(prev, prev_t + 1.0 / nominal)
+    # The last frame lasts one nominal frame duration (or the window ends).
+    end_t = prev_t + 1.0 / geo.nominal_fps
+    emit(prev, min(end_t, tick_hi / fps) if tick_hi is not None else end_t)
     c0 = time.thread_time()
-    queue.add(detector.flush(), committed)
+    queue.add(detector.flush(), out_grid.tick - len(pending))
     timings["scene_cut_cpu_s"] += time.thread_time() - c0
-    commit_until(out_tick + 1)
-    finish_shot(out_tick)
+    commit_until(out_grid.tick + 1)
+    finish_shot(out_grid.tick)
+    yield from _ready(closed, audio, True)
+    bounds = sorted(b for b in queue.boundaries + guard_cuts if b[0] >= tick_lo)
+    yield ExtractSummary(
+        drops=drops,
+        cuts=[round((x + y) / 2 / fps, 3) for x, y in bounds],
+        transitions=[(round(x / fps, 3), round(y / fps, 3)) for x, y in bounds if y > x],
+        width=geo.out[0], height=geo.out[1], analysis_width=geo.an[0], analysis_height=geo.an[1],
+        decoded_frames=decoded, seconds=round(max(0, out_grid.tick - tick_lo) / fps, 3), timings=timings,
+    )
 
-    # Audio, aligned to the first video frame.
-    audio = np.concatenate(audio_chunks).astype(np.float32) / 32768.0 if audio_chunks else np.zeros(0, np.float32)
-    offset = int(round(((audio_start or 0.0) - (t0 or 0.0)) * AUDIO_RATE)) if audio_chunks else 0
-    for c in clips:
-        i0, i1 = int(round(c.start * AUDIO_RATE)), int(round(c.end * AUDIO_RATE))
+
+class _AudioTrack:
+    """The source's audio as 16 kHz mono samples on the clip timeline, kept only from the oldest open clip on."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (first sample index from t0, int16 samples)
+        self.next: int | None = None  # index of the next sample to arrive
+
+    def add(self, frame: Any, t0: float, resampler: Any) -> None:
+        if self.next is None:
+            if frame.time is None:
+                return
+            self.next = int(round((frame.time - t0) * AUDIO_RATE))
+        for o in resampler.resample(frame):
+            self._append(o, t0)
+
+    def flush(self, resampler: Any, t0: float) -> None:
+        if self.next is not None:
+            for o in resampler.resample(None):
+                self._append(o, t0)
+
+    def _append(self, o: Any, t0: float) -> None:
+        assert self.next is not None
+        x = o.to_ndarray().reshape(-1)
+        if o.time is not None:
+            # Samples go where their timestamps say: a stream with gaps (dropped packets, joined recordings) would
+            # otherwise drift against the video by the sum of its gaps.
+            at = int(round((o.time - t0) * AUDIO_RATE))
+            if abs(at - self.next) > AUDIO_RATE // 100:
+                self.next = at
+        self.chunks.append((self.next, x))
+        self.next += len(x)
+
+    def until(self) -> float:
+        """Clip-timeline seconds up to which audio has been read."""
+        return (self.next or 0) / AUDIO_RATE
+
+    def segment(self, start: float, end: float) -> tuple[np.ndarray, int]:
+        """float32 samples of [start, end) (zeros where there is no audio) and how many were covered."""
+        i0, i1 = int(round(start * AUDIO_RATE)), int(round(end * AUDIO_RATE))
         seg = np.zeros(i1 - i0, np.float32)
-        j0, j1 = max(i0 - offset, 0), min(i1 - offset, len(audio))
-        if j1 > j0:
-            seg[j0 + offset - i0 : j1 + offset - i0] = audio[j0:j1]
-        covered = max(0, j1 - j0)
+        covered = 0
+        for c0, x in self.chunks:
+            j0, j1 = max(i0, c0), min(i1, c0 + len(x))
+            if j1 > j0:
+                seg[j0 - i0 : j1 - i0] = x[j0 - c0 : j1 - c0].astype(np.float32) / 32768.0
+                covered += j1 - j0
+        return seg, covered
+
+    def release_before(self, t: float) -> None:
+        i = int(round(t * AUDIO_RATE))
+        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= i:
+            self.chunks.popleft()
+
+
+def _ready(closed: deque[ExtractedClip], audio: _AudioTrack, audio_done: bool) -> Iterator[ExtractedClip]:
+    """Closed clips whose audio has all been read, with their wav filled in."""
+    while closed and (audio_done or audio.until() >= closed[0].end + 0.5):
+        c = closed.popleft()
+        seg, covered = audio.segment(c.start, c.end)
         c.audio_padded_s = round((len(seg) - covered) / AUDIO_RATE, 3)
         c.wav = wav_bytes(seg)
-    return ExtractResult(
-        clips=clips,
-        drops=drops,
-        cuts=[round((a + b) / 2 / fps, 3) for a, b in sorted(queue.boundaries + guard_cuts)],
-        transitions=[(round(a / fps, 3), round(b / fps, 3)) for a, b in sorted(queue.boundaries + guard_cuts) if b > a],
-        width=out_w,
-        height=out_h,
-        analysis_width=an_w,
-        analysis_height=an_h,
-        decoded_frames=decoded,
-        timings=timings,
-    )
+        yield c
+        audio.release_before(closed[0].start if closed else c.end)
+
+
+def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> ExtractResult:
+    """Decode ``path`` once and return every clip, encoded (the whole source as one window). For tests, benchmarks
+    and tools: the pipeline streams :func:`iter_extract` instead."""
+    clips: list[ExtractedClip] = []
+    summary: ExtractSummary | None = None
+    for x in iter_extract(path, info, dataclasses.replace(spec, encode_in_pass=True)):
+        if isinstance(x, ExtractSummary):
+            summary = x
+        else:
+            clips.append(x)
+    assert summary is not None
+    return ExtractResult(clips=clips, drops=summary.drops, cuts=summary.cuts, width=summary.width,
+                         height=summary.height, analysis_width=summary.analysis_width,
+                         analysis_height=summary.analysis_height, decoded_frames=summary.decoded_frames,
+                         timings=summary.timings, transitions=summary.transitions)
+
+
+def encode_span(path: str, info: dict[str, Any], spec: ExtractSpec, start: float, end: float,
+                threads: int = 1) -> bytes:
+    """The H.264 clip of source seconds [start, end) on the output grid, exactly as the single pass would have
+    encoded it: only that span is decoded (from the keyframe before it)."""
+    geo = Geometry(info, spec)
+    fps = spec.fps
+    k0, k1 = int(round(start * fps)), int(round(end * fps))
+    writer = H264Writer(fps, geo.out[0], geo.out[1], spec.crf, spec.preset, threads=threads)
+    sws = VideoReformatter()
+    grid = _Grid(fps, 0)
+    container, v = _open(path, threads)
+    written = 0
+    with container:
+        t0 = geo.start_time
+        if t0 is None:
+            _, t0 = _first_frame(container, v)
+        if t0 is None:
+            raise MediaError(f"{path}: no decodable video frames")
+        _seek(container, v, t0 + start - 1.0)
+        prev: av.VideoFrame | None = None
+        prev_t = 0.0
+
+        def put(frame: av.VideoFrame, until_t: float) -> None:
+            nonlocal written
+            first = grid.tick
+            n = grid.due(until_t)
+            lo, hi = max(first, k0), min(first + n, k1)
+            if hi > lo:
+                out = geo.to_out(sws, frame)
+                for _ in range(lo, hi):
+                    writer.write(out)
+                    written += 1
+
+        try:
+            for frame in container.decode(v):
+                if frame.time is None:
+                    continue
+                t = frame.time - t0
+                if prev is None:
+                    grid.tick = max(0, int(math.ceil(t * fps - 1e-9)))  # ticks before the first frame: not ours
+                if prev is not None and t > prev_t:
+                    put(prev, t)
+                if prev is None or t >= prev_t:
+                    prev, prev_t = frame, t
+                if grid.tick >= k1:
+                    break
+        except av.FFmpegError as e:
+            if prev is None:
+                raise MediaError(f"{path}: cannot decode video ({_short(e)})") from None
+        if prev is not None and grid.tick < k1:
+            put(prev, max(prev_t + 1.0 / geo.nominal_fps, k1 / fps))
+    if written != k1 - k0:
+        raise MediaError(f"{path}: the span {start:.3f}-{end:.3f} s decoded to {written} frames, expected {k1 - k0}")
+    return writer.close()
 
 
 def _reencode_parts(mp4: bytes, parts: list[tuple[int, int]], spec: ExtractSpec) -> Any:

@@ -83,8 +83,13 @@ class ClipConfig:
     crf: int = 20  # x264 constant rate factor
     preset: str = "veryfast"  # x264 preset
     apply_rotation: bool = True  # honour the container's display matrix, as players do
+    window_s: float = 600.0  # a longer source is decoded in windows of this many seconds (0: never), each its own
+    #                          unit of work; a shot that crosses a window boundary is cut there
 
     def validate(self, where: str) -> None:
+        _positive(self.window_s, f"{where}.window_s", allow_zero=True)
+        if 0 < self.window_s < 2 * self.max_s:
+            raise RecipeError(f"{where}.window_s: must be 0 or >= 2 * max_s ({2 * self.max_s}), got {self.window_s}")
         _positive(self.min_s, f"{where}.min_s", allow_zero=True)
         _positive(self.max_s, f"{where}.max_s")
         if self.max_s < self.min_s:
@@ -116,16 +121,43 @@ class AnalysisConfig:
 
 @dataclass
 class ShardConfig:
-    """How WebDataset shards are rolled. A source's clips always land in one shard."""
+    """How WebDataset shards are rolled, across units and sources. A unit's clips always land in one shard."""
 
     max_samples: int = 1000
     max_bytes: int = 1_000_000_000
-    sources_per_write: int = 16  # sources gathered into one write task (one or more shards)
+    units_per_write: int = 64  # units (rows of a few clips) gathered into one write task (one or more shards)
 
     def validate(self, where: str) -> None:
         _range(self.max_samples, 1, 10_000_000, f"{where}.max_samples")
         _range(self.max_bytes, 1024, 1 << 40, f"{where}.max_bytes")
-        _range(self.sources_per_write, 1, 1_000_000, f"{where}.sources_per_write")
+        _range(self.units_per_write, 1, 1_000_000, f"{where}.units_per_write")
+
+
+@dataclass
+class Resources:
+    """What one operator's workers ask Ray for, and how many of them may run. ``None``: the operator's default."""
+
+    cpus: float | None = None  # CPUs per worker (fractional allowed); codec and BLAS threads are capped at it
+    gpus: float | None = None  # GPUs per worker (fractional allowed); > 0 also asks for a GPU not seen at start
+    memory_gb: float | None = None  # memory per worker that Ray reserves (and schedules by)
+    batch_size: int | None = None  # units per call (GPU stages batch their clips)
+    min_workers: int | None = None  # actor pool bounds; max_workers None lets the pool grow with the cluster
+    max_workers: int | None = None
+    timeout_s: float | None = None  # a unit running longer than this here fails (default: run.unit_timeout_s for
+    #                                 stages and the encode, none for probe and extract, whose units are sources)
+
+    def validate(self, where: str) -> None:
+        for name in ("cpus", "gpus", "memory_gb", "timeout_s"):
+            v = getattr(self, name)
+            if v is not None:
+                _positive(v, f"{where}.{name}", allow_zero=name == "gpus")
+        for name in ("batch_size", "min_workers", "max_workers"):
+            v = getattr(self, name)
+            if v is not None:
+                _range(v, 1, 1_000_000, f"{where}.{name}")
+        if self.min_workers and self.max_workers and self.max_workers < self.min_workers:
+            raise RecipeError(f"{where}.max_workers: must be >= min_workers ({self.min_workers}), got "
+                              f"{self.max_workers}")
 
 
 @dataclass
@@ -133,17 +165,29 @@ class RunConfig:
     """How the run executes. None of these change the shards, so none enter the fingerprint."""
 
     address: str | None = None  # Ray address; None starts a local Ray
-    max_attempts: int = 3  # a source that fails this many times is quarantined
-    extract_cpus: float = 0.5  # CPUs reserved by each clip-extraction actor (fractional on small machines)
-    extract_workers: int = 0  # max extraction actors; 0 = as many as the cluster's CPUs allow
-    stage_cpus: float = 0.5  # CPUs reserved by each stage actor
-    reraise: bool = False  # stop the run on the first per-source error instead of recording it
+    max_attempts: int = 3  # a unit (or source) that fails this many times is quarantined
+    task_retries: int = 2  # Ray retries of a task whose worker died, within a run (each death is a failed attempt)
+    unit_timeout_s: float = 0.0  # a unit running longer than this in one stage (or the encode) fails, its worker
+    #                              stopped; 0: off. run.resources.<op>.timeout_s sets it per operator
+    clips_per_unit: int = 4  # consecutive clips of a window that travel and are committed together
+    encode_at: str = "auto"  # auto: before the first stage that reads clip frames | extract: in the single pass |
+    #                          a stage name: just before that stage
+    fuse_stages: bool = True  # consecutive CPU stages with the same resources share one operator (one decode)
+    resources: dict[str, Resources] = field(default_factory=dict)  # operator (probe, extract, encode, write, or a
+    #                                                                 stage name) -> its resources
+    reraise: bool = False  # stop the run on the first per-unit error instead of recording it
+    progress_interval_s: float = 30.0  # when output is not a terminal: one progress line this often (0: none)
+
+    OPERATORS: typing.ClassVar[tuple[str, ...]] = ("probe", "extract", "encode", "write")
 
     def validate(self, where: str) -> None:
         _range(self.max_attempts, 1, 100, f"{where}.max_attempts")
-        _positive(self.extract_cpus, f"{where}.extract_cpus")
-        _range(self.extract_workers, 0, 100_000, f"{where}.extract_workers")
-        _positive(self.stage_cpus, f"{where}.stage_cpus")
+        _range(self.task_retries, 0, 100, f"{where}.task_retries")
+        _positive(self.unit_timeout_s, f"{where}.unit_timeout_s", allow_zero=True)
+        _range(self.clips_per_unit, 1, 10_000, f"{where}.clips_per_unit")
+        _positive(self.progress_interval_s, f"{where}.progress_interval_s", allow_zero=True)
+        for name, res in self.resources.items():
+            res.validate(f"{where}.resources.{name}")
 
 
 @dataclass
@@ -184,6 +228,13 @@ class Recipe:
         from stages import validate_stage_configs  # the stage registry owns the stage sections
 
         self.stages = validate_stage_configs(self.stages)
+        known = set(RunConfig.OPERATORS) | set(self.stages)
+        for name in self.run.resources:
+            if name not in known:
+                raise RecipeError(f"run.resources.{name}: no such operator (known: {', '.join(sorted(known))})")
+        if self.run.encode_at not in ("auto", "extract") and self.run.encode_at not in self.stages:
+            raise RecipeError(f"run.encode_at: must be auto, extract or a stage the recipe runs "
+                              f"({', '.join(self.stages) or 'none'}), got {self.run.encode_at!r}")
 
     def content_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -312,6 +363,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return {}
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return {str(k): _build(args[1], v if v is not None else {}, f"{where}.{k}") for k, v in value.items()}
         return {str(k): v for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):

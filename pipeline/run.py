@@ -1,11 +1,17 @@
-"""The curation driver: plan against the manifest, build the Ray Data graph, run it, report stats.
+"""The curation driver: plan against the manifest, build the Ray Data graph, run it, settle attempts, report stats.
 
-Graph (one row per source; rows carry encoded bytes and small metadata only)::
+Graph (rows carry encoded bytes and small metadata only; see ``pipeline/operators.py``)::
 
-    from_items(paths) -> probe (tasks) -> extract (actors: decode once, cut, encode)
-                      -> stage group 1 (actors) -> ... -> stage group k -> ShardSink (write tasks)
+    from_items(source tasks) -> probe (tasks: hash, probe, fan out into windows)
+        -> extract (actors: decode one window, stream out units of a few clips, then the window's summary)
+        -> stage operators (actors; consecutive CPU stages share one) -> encode (actors) -> more stage operators
+        -> ShardSink (write tasks: shards + the manifest chunks that commit them)
 
-Stages that share resources (CPU or GPU) form one group so a clip is decoded once per group.
+Each operator's workers ask Ray for the CPUs, GPUs and memory its stage declares (``run.resources`` overrides them);
+actor pools grow between ``min_workers`` and ``max_workers`` (unbounded by default, so an autoscaling cluster whose
+head has no CPUs still scales out). A task whose worker dies is retried ``run.task_retries`` times; a block that still
+fails is dropped (Ray Data's ``max_errored_blocks``), the run goes on, and :func:`pipeline.attempts.settle` records
+the unit as a failed attempt at the end.
 """
 
 from __future__ import annotations
@@ -17,18 +23,13 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.manifest import (
-    RunLock,
-    new_run_id,
-    plan,
-    read_manifest,
-    recover,
-    write_chunk,
-)
-from pipeline.recipe import Recipe
+from pipeline.attempts import attempts_dir, discard_unsettled, settle
+from pipeline.manifest import RunLock, for_fingerprint, new_run_id, plan, read_manifest, recover, write_chunk
+from pipeline.recipe import Recipe, Resources
 from pipeline.sources import discover
 from pipeline.stats import aggregate, format_table
 
@@ -46,9 +47,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def init_ray(address: str | None, log: Callable[[str], None], worker_logs: bool = False) -> Any:
+def init_ray(address: str | None, log: Callable[[str], None], worker_logs: bool = False,
+             user_modules: list[str] | None = None) -> Any:
     """Start a local Ray, or join ``address``. Worker output (mediapipe's C++ log lines among it) is forwarded to
-    this console only with ``worker_logs``; it is always in Ray's session logs, and exceptions still surface here."""
+    this console only with ``worker_logs``; it is always in Ray's session logs, and exceptions still surface here.
+    ``user_modules``: the packages of the recipe's own stages, shipped to a cluster's workers with this code."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -60,7 +63,8 @@ def init_ray(address: str | None, log: Callable[[str], None], worker_logs: bool 
     if address:
         root = Path(__file__).resolve().parents[1]
         # Ship this checkout's code to the cluster's workers (the cluster image installs the dependencies).
-        kwargs["runtime_env"] = {"py_modules": [str(root / "pipeline"), str(root / "stages"), str(root / "model")],
+        kwargs["runtime_env"] = {"py_modules": [str(root / "pipeline"), str(root / "stages"), str(root / "model"),
+                                                *(user_modules or [])],
                                  "env_vars": env_vars}
         ray.init(address=address, **kwargs)
         log(f"joined Ray cluster at {address}: {ray.cluster_resources()}")
@@ -71,24 +75,118 @@ def init_ray(address: str | None, log: Callable[[str], None], worker_logs: bool 
     return ray
 
 
-def stage_groups(stages: list[Any]) -> list[tuple[bool, list[Any]]]:
-    """Consecutive stages with the same device need form one group: [(wants_gpu, [stages])]."""
-    groups: list[tuple[bool, list[Any]]] = []
+# --------------------------------------------------------------------------------------------------------------
+# Operators of the graph and what they ask for
+# --------------------------------------------------------------------------------------------------------------
+
+DEFAULTS = {  # the engine's own operators: a CPU-bound worker asks for one CPU (see fit_to_machine for small machines)
+    "probe": Resources(cpus=0.25),
+    "extract": Resources(cpus=1.0),
+    "encode": Resources(cpus=1.0),
+    "write": Resources(cpus=0.25),
+}
+
+
+@dataclass
+class OpPlan:
+    """One operator of the graph: ``extract``, ``encode`` or a group of stages, and its resources."""
+
+    kind: str  # "stages" | "encode"
+    stages: list[Any] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def name(self) -> str:
+        return "encode" if self.kind == "encode" else "+".join(s.name for s in self.stages)
+
+
+def resources_for(name: str, recipe: Recipe, base: Resources) -> Resources:
+    """``base`` with the recipe's ``run.resources.<name>`` fields laid over it."""
+    over = recipe.run.resources.get(name)
+    if over is None:
+        return Resources(**vars(base))
+    return Resources(**{k: (getattr(over, k) if getattr(over, k) is not None else v) for k, v in vars(base).items()})
+
+
+def stage_resources(stage: Any, recipe: Recipe, cluster_gpus: float, log: Callable[[str], None]) -> Resources:
+    """A stage's declared resources with the recipe's overrides; a GPU backend gets a GPU when the cluster has one
+    or the recipe asks for it (an autoscaling cluster adds GPU nodes on demand)."""
+    wants = stage.wants_gpu()
+    base = Resources(cpus=stage.num_cpus, gpus=stage.num_gpus if wants and cluster_gpus > 0 else 0.0,
+                     memory_gb=stage.memory_gb or None, batch_size=stage.batch_size if wants else 1)
+    res = resources_for(stage.key, recipe, base)
+    if wants and cluster_gpus <= 0 and not res.gpus:
+        log(f"stage '{stage.name}' backend '{stage.config.backend}' wants a GPU and the cluster has none now: it "
+            f"runs on CPU (set run.resources.{stage.key}.gpus to wait for GPU nodes instead)")
+    return res
+
+
+def operator_plan(recipe: Recipe, stages: list[Any], cluster_gpus: float = 0.0,
+                  log: Callable[[str], None] = lambda m: None) -> list[OpPlan]:
+    """Stage operators in run order with the encode step placed (see ``run.encode_at``)."""
+    at = recipe.run.encode_at
+    encode_before = None
+    if at == "auto":
+        encode_before = next((s.key for s in stages if s.reads_clip_frames), "")  # "": after the last stage
+    elif at != "extract":
+        encode_before = at
+    ops: list[OpPlan] = []
     for s in stages:
-        g = s.wants_gpu()
-        if groups and groups[-1][0] == g:
-            groups[-1][1].append(s)
-        else:
-            groups.append((g, [s]))
-    return groups
+        if encode_before is not None and s.key == encode_before:
+            ops.append(OpPlan("encode", resources=resources_for("encode", recipe, DEFAULTS["encode"])))
+            encode_before = None
+        res = stage_resources(s, recipe, cluster_gpus, log)
+        prev = ops[-1] if ops else None
+        if (recipe.run.fuse_stages and prev is not None and prev.kind == "stages" and not res.gpus
+                and not prev.resources.gpus and (res.batch_size or 1) == 1 and (prev.resources.batch_size or 1) == 1
+                and s.key not in recipe.run.resources and all(p.key not in recipe.run.resources for p in prev.stages)):
+            prev.stages.append(s)
+            prev.resources.cpus = max(prev.resources.cpus or 0, res.cpus or 0)
+            if res.memory_gb:
+                prev.resources.memory_gb = (prev.resources.memory_gb or 0) + res.memory_gb
+            continue
+        ops.append(OpPlan("stages", [s], res))
+    if encode_before is not None:
+        ops.append(OpPlan("encode", resources=resources_for("encode", recipe, DEFAULTS["encode"])))
+    return ops
+
+
+def _remote_args(res: Resources, retries: int, actor: bool) -> dict[str, Any]:
+    """map_batches arguments: the resources, and Ray's retries (ray 2.60 takes these only as ``ray_remote_args``,
+    which it marks deprecated for 2.64; the project pins 2.60 and hides that one warning in :func:`_build_and_run`)."""
+    args: dict[str, Any] = {"num_cpus": res.cpus}
+    if res.gpus:
+        args["num_gpus"] = res.gpus
+    if res.memory_gb:
+        args["memory"] = int(res.memory_gb * (1 << 30))
+    if actor:
+        # An actor that dies is replaced, and the unit it held is retried this often, then dropped and counted.
+        args.update(max_restarts=-1, max_task_retries=retries)
+    else:
+        args["max_retries"] = retries
+    return args
+
+
+def _pool(res: Resources) -> Any:
+    import ray.data
+
+    # Two tasks in flight per actor: one running, one prefetched (and the least that lets the pool autoscale).
+    return ray.data.ActorPoolStrategy(min_size=res.min_workers or 1, max_size=res.max_workers,
+                                      max_tasks_in_flight_per_actor=2)
+
+
+def _threads(res: Resources) -> int:
+    return max(1, int(math.ceil(res.cpus or 1)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------
 
 
 def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool = False) -> dict[str, Any]:
     """Run the recipe to the end (or resume it). Returns this run's stats."""
     from stages import build_stages
-
-    from pipeline.operators import ExtractOp, ProbeOp, StageGroupOp, spec_from_recipe
-    from pipeline.sink import ShardSink
 
     run_dir = Path(recipe.output)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +195,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
         if any(removed.values()):
             log(f"recovered from an interrupted run: removed {removed['tmp_files']} temporary files and "
                 f"{removed['orphan_shards']} uncommitted shards")
+        discard_unsettled(run_dir)
         fingerprint = recipe.fingerprint()
         run_id = new_run_id()
         paths = discover(recipe.sources)
@@ -105,7 +204,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
             for r in the_plan.quarantine_now:
                 r["run_id"] = run_id
             write_chunk(run_dir, f"{run_id}-quarantine", the_plan.quarantine_now)
-            log(f"quarantined {len(the_plan.quarantine_now)} sources that failed {recipe.run.max_attempts} times")
+            log(f"quarantined {len(the_plan.quarantine_now)} units that failed {recipe.run.max_attempts} times")
         skipped = ", ".join(f"{n} {s}" for s, n in sorted(the_plan.skipped.items()))
         log(f"run {run_id}: {len(paths)} sources, {len(the_plan.todo)} to process"
             + (f", skipping {skipped} under fingerprint {fingerprint}" if skipped else f" (fingerprint {fingerprint})"))
@@ -118,9 +217,13 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
 
         t0 = time.time()
         if the_plan.todo:
-            ray = init_ray(recipe.run.address, log, worker_logs)
-            _execute(ray, recipe, the_plan.todo, stages, run_dir, run_id, fingerprint,
-                     ExtractOp, ProbeOp, StageGroupOp, ShardSink, spec_from_recipe)
+            from stages import user_stage_modules
+
+            ray = init_ray(recipe.run.address, log, worker_logs, user_stage_modules(recipe.stages))
+            try:
+                _execute(ray, recipe, the_plan.todo, stages, str(run_dir), run_id, fingerprint, log)
+            finally:
+                _settle(run_dir, run_id, fingerprint, recipe.run.max_attempts, log)
         wall = time.time() - t0
 
         table = read_manifest(run_dir)
@@ -128,7 +231,9 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
             import pyarrow.compute as pc
 
             table = table.filter(pc.equal(table["run_id"], run_id))
-        stats = aggregate(table)
+        ops = operator_plan(recipe, stages)
+        stats = aggregate(table, [s.name if op.kind == "stages" else "encode" for op in ops
+                                  for s in (op.stages or [None])])
         stats.update({"run_id": run_id, "fingerprint": fingerprint, "wall_s": round(wall, 2),
                       "skipped": the_plan.skipped, "recovered": removed})
         (run_dir / "stats").mkdir(exist_ok=True)
@@ -140,46 +245,129 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
         return stats
 
 
-def _execute(ray: Any, recipe: Recipe, todo: list[tuple[str, int]], stages: list[Any], run_dir: Path, run_id: str,
-             fingerprint: str, ExtractOp: Any, ProbeOp: Any, StageGroupOp: Any, ShardSink: Any,
-             spec_from_recipe: Any) -> None:
+def _settle(run_dir: Path, run_id: str, fingerprint: str, max_attempts: int, log: Callable[[str], None]) -> None:
+    """Record the units whose worker died in this run (the driver lived to see it), then drop the attempt logs."""
+    import shutil
+
+    table = for_fingerprint(read_manifest(run_dir, ["unit", "run_id", "fingerprint"]), fingerprint)
+    recorded = {u for u, r in zip(table.column("unit").to_pylist(), table.column("run_id").to_pylist())
+                if r == run_id}
+    records = settle(run_dir, run_id, recorded, fingerprint, max_attempts)
+    if records:
+        write_chunk(run_dir, f"{run_id}-deaths", records)
+        for r in records:
+            log(f"{r['status']}: {Path(r['path']).name} ({r['unit']}): {r['reason']}")
+    shutil.rmtree(attempts_dir(run_dir, run_id), ignore_errors=True)
+
+
+def _execute(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any], run_dir: str, run_id: str,
+             fingerprint: str, log: Callable[[str], None]) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "max_errored_blocks", "target_max_block_size")}
+    saved_order = ctx.execution_options.preserve_order
+    ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.execution_options.preserve_order = False
-    cpus = float(ray.cluster_resources().get("CPU", 1))
+    ctx.max_errored_blocks = -1  # a unit that kills its worker every time is dropped here, recorded by settle()
+    # One row per block: a block is what a task retries or drops, so a unit that kills its worker takes no other unit
+    # (nor a window's summary) down with it. Rows are coarse (a few clips), so blocks stay few.
+    ctx.target_max_block_size = 1
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            _build_and_run(ray, recipe, todo, stages, run_dir, run_id, fingerprint, log)
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        ctx.execution_options.preserve_order = saved_order
+
+
+def _build_and_run(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any], run_dir: str, run_id: str,
+                   fingerprint: str, log: Callable[[str], None]) -> None:
+    import ray.data
+
+    from pipeline.operators import EncodeOp, ExtractOp, RunContext, StageGroupOp, spec_from_recipe, task_rows
+    from pipeline.sink import ShardSink
+    from stages import user_stage_modules
+
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    reraise = recipe.run.reraise
-    n_extract = recipe.run.extract_workers or max(1, int(cpus))
-    n_stage = max(1, int(cpus))
+    retries = recipe.run.task_retries
+    spec = spec_from_recipe(recipe)
 
-    rows = [{"path": p, "attempts": a} for p, a in todo]
+    def run_ctx(res: Resources, clip_units: bool = True) -> RunContext:
+        timeout = res.timeout_s if res.timeout_s is not None else (recipe.run.unit_timeout_s if clip_units else 0.0)
+        return RunContext(run_dir=run_dir, run_id=run_id, fingerprint=fingerprint, reraise=recipe.run.reraise,
+                          max_attempts=recipe.run.max_attempts, unit_timeout_s=timeout, threads=_threads(res))
+
+    env = {"env_vars": {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    user_modules = user_stage_modules(recipe.stages)
+
+    probe_res = resources_for("probe", recipe, DEFAULTS["probe"])
+    ex_res = resources_for("extract", recipe, DEFAULTS["extract"])
+    write_res = resources_for("write", recipe, DEFAULTS["write"])
+    ops = operator_plan(recipe, stages, gpus, log)
+    if not recipe.run.address:
+        fit_to_machine([ex_res] + [op.resources for op in ops], [probe_res, write_res],
+                       float(ray.cluster_resources().get("CPU", 1)), log)
+
+    rows = task_rows(todo)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
-    ds = ds.map_batches(_probe_rows, batch_size=1, num_cpus=0.25, fn_kwargs={"reraise": reraise})
-    ds = ds.map_batches(
-        ExtractOp, batch_size=1, num_cpus=recipe.run.extract_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_extract),
-        fn_constructor_kwargs={"spec": spec_from_recipe(recipe), "fingerprint": fingerprint, "reraise": reraise},
-    )
-    for wants_gpu, group in stage_groups(stages):
-        use_gpu = wants_gpu and gpus > 0
-        ds = ds.map_batches(
-            StageGroupOp, batch_size=1, num_cpus=recipe.run.stage_cpus, num_gpus=1 if use_gpu else 0,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus)) if use_gpu else n_stage),
-            fn_constructor_kwargs={"stage_configs": [(s.name, recipe.stages[s.name]) for s in group],
-                                   "reraise": reraise},
-        )
-    sink = ShardSink(str(run_dir), run_id, fingerprint, recipe.shards.max_samples, recipe.shards.max_bytes,
-                     min(recipe.shards.sources_per_write, max(1, math.ceil(len(todo) / max(1, int(cpus))))),
-                     package_versions())
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+    ds = ds.map_batches(_probe_rows, batch_size=1, fn_kwargs={"ctx": run_ctx(probe_res, clip_units=False),
+                                                              "window_s": recipe.clips.window_s},
+                        **_remote_args(probe_res, retries, actor=False))
+    ds = ds.map_batches(ExtractOp, batch_size=1, compute=_pool(ex_res),
+                        fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(ex_res, clip_units=False),
+                                               "clips_per_unit": recipe.run.clips_per_unit},
+                        runtime_env={"env_vars": {**env["env_vars"], **_thread_env(ex_res)}},
+                        **_remote_args(ex_res, retries, actor=True))
+    for op in ops:
+        res = op.resources
+        renv: dict[str, Any] = {"env_vars": {**env["env_vars"], **_thread_env(res)}}
+        if op.kind == "encode":
+            ds = ds.map_batches(EncodeOp, batch_size=1, compute=_pool(res),
+                                fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(res)}, runtime_env=renv,
+                                **_remote_args(res, retries, actor=True))
+            continue
+        if user_modules and any(":" in s.key for s in op.stages):
+            # A cluster got them with the job (init_ray); workers on this machine find them on their path.
+            renv["env_vars"]["PYTHONPATH"] = os.pathsep.join(
+                [str(Path(m).parent) for m in user_modules] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        ds = ds.map_batches(StageGroupOp, batch_size=res.batch_size or 1, compute=_pool(res),
+                            fn_constructor_kwargs={"stage_configs": [(s.key, recipe.stages[s.key]) for s in op.stages],
+                                                   "ctx": run_ctx(res)},
+                            runtime_env=renv, **_remote_args(res, retries, actor=True))
+    sink = ShardSink(run_dir, run_id, fingerprint, recipe.shards.max_samples, recipe.shards.max_bytes,
+                     recipe.shards.units_per_write, package_versions())
+    ds.write_datasink(sink, ray_remote_args=_remote_args(write_res, retries, actor=False))
 
 
-def _probe_rows(batch: dict[str, Any], reraise: bool = False) -> dict[str, Any]:
-    from pipeline.operators import ProbeOp, make_items
+def fit_to_machine(pools: list[Resources], tasks: list[Resources], cpus: float, log: Callable[[str], None]) -> None:
+    """On a local Ray smaller than the graph (a laptop, CI), scale the CPU requests so every actor pool's first
+    actor and one task of each task operator fit; otherwise the pools hold every CPU and the tasks that feed them
+    never start. The CPU use itself is unchanged (each worker still runs at least one thread)."""
+    need = sum((r.min_workers or 1) * (r.cpus or 0) for r in pools) + sum(r.cpus or 0 for r in tasks)
+    room = 0.9 * cpus
+    if need <= room or need <= 0:
+        return
+    k = room / need
+    for r in pools + tasks:
+        r.cpus = max(0.05, round((r.cpus or 0) * k, 3))
+    log(f"this Ray has {cpus:g} CPUs and the graph asks {need:g} for its first workers: CPU requests scaled by "
+        f"{k:.2f} (a cluster gets the recipe's requests as they are)")
 
-    return ProbeOp(reraise)(make_items(batch))
+
+def _thread_env(res: Resources) -> dict[str, str]:
+    n = str(_threads(res))
+    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def _probe_rows(batch: dict[str, Any], ctx: Any, window_s: float) -> dict[str, Any]:
+    from pipeline.operators import ProbeOp
+
+    return ProbeOp(ctx, window_s)(batch)
 
 
 def print_stats(stats: dict[str, Any], run_dir: str, log: Callable[[str], None] = print) -> None:

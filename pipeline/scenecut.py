@@ -202,13 +202,16 @@ class PySceneDetectCuts:
         self._ring: deque[tuple[int, np.ndarray]] = deque(maxlen=(self.ebl + 3) * self.step + 2)
         self._last: tuple[int, np.ndarray] | None = None
         self._n = 0  # sampled frames fed
+        self._base: int | None = None  # index of the first frame pushed (a window of a source starts anywhere)
         self._last_cut = -1
 
     def push(self, index: int, t: float, frame: np.ndarray) -> list[CutEvent]:
+        if self._base is None:
+            self._base = index
         self._last = (index, frame)
         if self.step > 1:
             self._ring.append((index, frame))
-            if index % self.step:
+            if (index - self._base) % self.step:
                 return []
         return self._feed(frame)
 
@@ -223,7 +226,7 @@ class PySceneDetectCuts:
             n = int(tc.frame_num)
             if n <= 0:
                 continue
-            idx = n * self.step
+            idx = (self._base or 0) + n * self.step
             if self.step > 1 and self.refine:
                 cand = [(i, f) for i, f in self._ring if (n - 1) * self.step <= i <= idx]
                 if len(cand) >= 2:

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from pipeline.faults import fault_point
+
 SCHEMA_VERSION = 1
 REQUIRED_MEMBERS = ("mp4", "wav", "json")
 SHARD_SUFFIX = ".tar"
@@ -168,6 +170,7 @@ class ShardWriter:
         tmp = self.dir / (self._name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
         final = self.dir / self._name
         os.replace(tmp, final)
+        fault_point("shard-renamed")
         shard = CommittedShard(self._name, list(self._keys), final.stat().st_size)
         self.committed.append(shard)
         self._tar = None

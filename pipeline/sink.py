@@ -1,8 +1,13 @@
 """The shard sink: a Ray Data ``Datasink`` that owns its files.
 
-Each write task gathers several sources (``shards.sources_per_write``), writes their clips into one or more shards
-(rolled by ``shards.max_samples`` and ``shards.max_bytes``; a source never straddles two shards) and commits each
-shard with the manifest chunk that records its sources (see ``pipeline/manifest.py`` for the protocol).
+Each write task takes ``shards.units_per_write`` rows (units of clips, and window summaries), writes the units'
+surviving clips into shards rolled by ``shards.max_samples`` and ``shards.max_bytes`` across units and sources (a
+unit never straddles two shards), and commits each shard with the manifest chunk that records its units (see
+``pipeline/manifest.py`` for the protocol). Records without clips (summaries, units whose clips were all dropped or
+failed) are committed with the next shard of the task, or in a chunk of their own at the task's end.
+
+Names are ``<run_id>-<task index>-<seq>``: a write task that Ray retries rewrites the same rows under the same names,
+so a retry never duplicates a key.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ from typing import Any, Iterable
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from pipeline.item import SourceItem, from_row
+from pipeline.item import UNIT, SourceItem, from_row
 from pipeline.manifest import shard_dir, write_chunk
 from pipeline.operators import record_of
-from pipeline.shards import CommittedShard, ShardWriter
+from pipeline.shards import SCHEMA_VERSION, CommittedShard, ShardWriter
 
 
 def samples_of(item: SourceItem, extra_meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Shard samples (one per surviving clip) of a finished item."""
+    """Shard samples (one per surviving clip) of a finished unit."""
     out = []
     for clip in item.clips:
+        if clip.mp4 is None:
+            raise RuntimeError(f"clip {clip.key} reached the sink without its encoded video")
         meta = dict(clip.meta)
         meta.update(extra_meta)
         sample: dict[str, Any] = {"__key__": clip.key, "mp4": clip.mp4, "wav": clip.wav, "json": meta}
@@ -32,18 +39,18 @@ def samples_of(item: SourceItem, extra_meta: dict[str, Any]) -> list[dict[str, A
 
 class ShardSink(Datasink):
     def __init__(self, run_dir: str, run_id: str, fingerprint: str, max_samples: int, max_bytes: int,
-                 sources_per_write: int, versions: dict[str, str]):
+                 units_per_write: int, versions: dict[str, str]):
         self.run_dir = run_dir
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.max_samples = max_samples
         self.max_bytes = max_bytes
-        self.sources_per_write = sources_per_write
+        self.units_per_write = units_per_write
         self.versions = versions
 
     @property
     def min_rows_per_write(self) -> int:
-        return self.sources_per_write
+        return self.units_per_write
 
     def get_name(self) -> str:
         return "WriteShards"
@@ -51,9 +58,9 @@ class ShardSink(Datasink):
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
         prefix = f"{self.run_id}-{ctx.task_idx:05d}"
         pending: dict[str, list[dict[str, Any]]] = {}  # shard name -> records waiting for that shard's commit
-        loose: list[dict[str, Any]] = []  # records of sources without clips, committed with the next chunk
+        loose: list[dict[str, Any]] = []  # records without clips, committed with the next chunk
         chunks = 0
-        summary = {"sources": 0, "samples": 0, "shards": 0}
+        summary = {"units": 0, "samples": 0, "shards": 0}
 
         def on_commit(shard: CommittedShard) -> None:
             nonlocal chunks, loose
@@ -64,14 +71,15 @@ class ShardSink(Datasink):
             summary["shards"] += 1
 
         writer = ShardWriter(shard_dir(self.run_dir), prefix, self.max_samples, self.max_bytes, on_commit)
-        extra = {"recipe_fingerprint": self.fingerprint, "versions": self.versions, "schema_version": 1}
+        extra = {"recipe_fingerprint": self.fingerprint, "versions": self.versions, "schema_version": SCHEMA_VERSION}
         try:
             for block in blocks:
                 for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
                     item = from_row(row)
-                    item.finish()
-                    summary["sources"] += 1
-                    samples = samples_of(item, extra)
+                    if item.kind == UNIT:
+                        item.finish()
+                    summary["units"] += 1
+                    samples = samples_of(item, extra) if item.kind == UNIT else []
                     if samples:
                         name = writer.write_group(samples)
                         pending.setdefault(name, []).append(record_of(item, self.fingerprint, self.run_id, name))

@@ -1,4 +1,4 @@
-"""Per-run stats: for each stage, items in and out, drops per reason, failures and CPU seconds."""
+"""Per-run stats: for each stage, items in and out, drops per reason, failures and CPU seconds; sources by outcome."""
 
 from __future__ import annotations
 
@@ -8,35 +8,50 @@ from typing import Any
 import pyarrow as pa
 
 STAGE_ORDER_HINT = ("probe", "extract", "scene_cut")
+OUTCOME_ORDER = ("done", "failed", "quarantined", "filtered")
 
 
-def aggregate(records: pa.Table) -> dict[str, Any]:
-    """Sum the per-source stage stats of manifest records into the run's stats."""
+def aggregate(records: pa.Table, order: list[str] | None = None) -> dict[str, Any]:
+    """Sum the per-unit stage stats of manifest records into the run's stats (stages in ``order`` first: the order
+    they ran in)."""
+    names = ["kind", "path", "status", "stats", "facts", "probe", "keys"]
+    cols = records.select(names).to_pydict() if records.num_rows else {n: [] for n in names}
     stages: dict[str, dict[str, Any]] = {}
-    cols = records.select(["status", "stats", "probe", "keys"]).to_pydict() if records.num_rows else {
-        "status": [], "stats": [], "probe": [], "keys": []}
-    status_counts: dict[str, int] = {}
+    outcome: dict[str, set[str]] = {}  # path -> statuses of its records in this run
+    units: dict[str, int] = {}
     video_s = 0.0
     samples = 0
-    for status, stats_json, probe_json, keys in zip(cols["status"], cols["stats"], cols["probe"], cols["keys"]):
-        status_counts[status] = status_counts.get(status, 0) + 1
+    for kind, path, status, stats_json, facts_json, probe_json, keys in zip(*(cols[n] for n in names)):
+        # A source's outcome comes from its units; a window's own record says only that extraction produced
+        # clips ("done"), or why it produced none.
+        outcome.setdefault(path, set())
+        if kind == "unit" or status != "done":
+            outcome[path].add(status)
+        if kind == "unit":
+            units[status] = units.get(status, 0) + 1
         samples += len(keys or [])
-        probe = json.loads(probe_json) if probe_json else {}
-        video_s += float(probe.get("duration_s") or 0.0)
+        if kind == "source":
+            facts = json.loads(facts_json) if facts_json else {}
+            if "video_s" in facts:
+                video_s += float(facts["video_s"])
         for name, st in (json.loads(stats_json) if stats_json else {}).items():
             agg = stages.setdefault(name, {"unit": st["unit"], "in": 0, "out": 0, "dropped": {}, "flagged": {},
                                            "failures": 0, "cpu_s": 0.0, "wall_s": 0.0})
-            for k in ("in", "out", "failures"):
-                agg[k] += st[k]
-            for k in ("cpu_s", "wall_s"):
+            for k in ("in", "out", "failures", "cpu_s", "wall_s"):
                 agg[k] += st[k]
             for k in ("dropped", "flagged"):
                 for reason, n in st[k].items():
                     agg[k][reason] = agg[k].get(reason, 0) + n
-    order = [s for s in STAGE_ORDER_HINT if s in stages] + [s for s in stages if s not in STAGE_ORDER_HINT]
+    sources: dict[str, int] = {}
+    for statuses in outcome.values():
+        s = next((o for o in OUTCOME_ORDER if o in statuses), "filtered")
+        sources[s] = sources.get(s, 0) + 1
+    hint = list(STAGE_ORDER_HINT) + list(order or [])
+    order = [s for s in hint if s in stages] + [s for s in stages if s not in hint]
     total_cpu = sum(s["cpu_s"] for s in stages.values())
     return {
-        "sources": status_counts,
+        "sources": sources,
+        "units": units,
         "samples_written": samples,
         "video_seconds": round(video_s, 3),
         "cpu_s": round(total_cpu, 3),

@@ -6,7 +6,10 @@ With ``score_only: true`` the reason is recorded as a flag and the clip is kept.
 ``ref_0.png``) go into ``clip.members``.
 
 Stages are built on the driver from the recipe (cheap: config only, pickled to Ray workers) and ``setup()`` runs
-once per Ray worker, where models are loaded. A production backend loads weights from a local directory (the
+once per Ray worker, where models are loaded. A stage declares what its workers need (``num_cpus``, ``num_gpus`` for
+its GPU backends, ``memory_gb``, ``batch_size``), whether it reads the clip's own frames (``reads_clip_frames``: the
+clip encode then runs before it) and which stages must come before it (``after``). A stage of the user's own is any
+subclass, named in a recipe by its import path (``package.module:Class``); see docs/STAGES.md. A production backend loads weights from a local directory (the
 stage's ``weights`` field or ``--weights stage=DIR``) and fails with :class:`WeightsError` naming the stage, the
 expected files and the recipe field; an embedded backend uses models shipped inside a Python package.
 """
@@ -51,8 +54,16 @@ class Stage:
     backends: ClassVar[tuple[str, ...]] = ("embedded",)
     # Python modules each backend imports, with the pip package that provides them (checked when the run is built).
     requires: ClassVar[dict[str, dict[str, str]]] = {}
-    num_cpus: ClassVar[float] = 0.5  # per actor; fractional so small machines keep CPUs for reading
-    gpu_backends: ClassVar[tuple[str, ...]] = ()  # backends that want a GPU (num_gpus=1 on a GPU cluster)
+    # Resources of the stage's Ray workers (the recipe's run.resources.<stage> overrides each).
+    num_cpus: ClassVar[float] = 1.0  # per actor (a small local Ray scales every request down to fit)
+    gpu_backends: ClassVar[tuple[str, ...]] = ()  # backends that want a GPU (each its own operator)
+    num_gpus: ClassVar[float] = 1.0  # GPUs per actor of a GPU backend (fractional allowed)
+    memory_gb: ClassVar[float] = 0.0  # memory Ray reserves per actor (0: none), e.g. a model's resident size
+    batch_size: ClassVar[int] = 1  # units per call; a GPU backend batches the clips of a call (process_batch)
+    # Reads the clip's own frames (clip.frames(), or clip.mp4): the clip encode runs before the first such stage.
+    reads_clip_frames: ClassVar[bool] = False
+    # Stages that must run before this one when the recipe has them (their scores are this stage's inputs).
+    after: ClassVar[tuple[str, ...]] = ()
     # Production backends' local weights: backend -> (files expected in the directory (globs), what to put there).
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {}
 
@@ -77,6 +88,11 @@ class Stage:
     def process(self, clip: Clip, item: SourceItem) -> str | None:
         """Score ``clip`` (write ``clip.scores[self.name]``); return a drop reason or ``None`` to keep it."""
         raise NotImplementedError
+
+    def process_batch(self, clips: list[Clip], items: list[SourceItem]) -> list[str | None]:
+        """Score several clips at once (``items[i]`` holds ``clips[i]``); a batched backend overrides this. Called
+        when ``batch_size`` > 1 (a GPU stage's batch); one exception fails every unit of the batch."""
+        return [self.process(c, it) for c, it in zip(clips, items)]
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def wants_gpu(self) -> bool:

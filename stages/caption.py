@@ -338,6 +338,7 @@ class CaptionStage(Stage):
     backends = ("embedded", "qwen_vl")
     requires = {"embedded": {"cv2": "opencv-python"}, "qwen_vl": {"transformers": "transformers", "torch": "torch"}}
     gpu_backends = ("qwen_vl",)
+    after = ("lipsync",)  # the template caption and the prompt use the speaking intervals
     weights_layout = {"qwen_vl": (
         ["config.json", "preprocessor_config.json", "tokenizer*"],
         "Use a Qwen2.5-VL or Qwen2-VL snapshot directory (e.g. Qwen/Qwen2.5-VL-7B-Instruct).",

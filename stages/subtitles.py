@@ -166,8 +166,10 @@ class SubtitlesStage(Stage):
         inside = changes(contents, contents, c, same_clip=True)
         across_with: list[str] = []
         if not inside and contents and c.across_clips:
-            # The source's clips that reached this stage: alive ones, and those this stage already dropped.
+            # The unit's clips that reached this stage (alive ones, and those this stage already dropped), and the
+            # neighbour clip on each side of the unit.
             peers = [o for o in item.clips if o.dropped is None or o.dropped.startswith(f"{self.name}:")]
+            peers += item.context
             for other in peers:
                 if other is clip or other.key == clip.key:
                     continue

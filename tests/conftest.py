@@ -35,5 +35,5 @@ def write_recipe(path: Path, sources: list[str | Path], output: Path, **sections
     """A recipe YAML with the default settings plus ``sections`` (e.g. clips={"min_s": 1.0})."""
     raw = {"name": "test", "sources": [str(s) for s in sources], "output": str(output)}
     raw.update(sections)
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))  # stages run in the order the recipe lists them
     return path

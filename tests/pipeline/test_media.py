@@ -14,7 +14,9 @@ from pipeline.media import (
     ExtractSpec,
     MediaError,
     decode_video_bytes,
+    ExtractSummary,
     extract_clips,
+    iter_extract,
     probe,
     read_wav_bytes,
 )
@@ -229,9 +231,12 @@ def test_non_square_pixels_are_resampled_to_display_aspect(tmp_path):
     assert 36 <= cols.max() - cols.min() + 1 <= 44  # 20 stored pixels are 40 displayed pixels wide
 
 
-def _mux_offset_source(path, video_start: float, audio_start: float, event_s: float, seconds: float = 4.0) -> None:
+def _mux_offset_source(path, video_start: float, audio_start: float, event_s: float, seconds: float = 4.0,
+                       audio_gap_s: float = 0.0) -> None:
     """An MP4 whose video starts ``video_start`` s and audio ``audio_start`` s into the container, with a white flash
-    in the video and a click in the audio at the same container time ``event_s`` (on a video frame boundary)."""
+    in the video and a click in the audio at the same container time ``event_s`` (on a video frame boundary). With
+    ``audio_gap_s`` the audio stream skips that much time one second in (its timestamps jump, as in recordings with
+    dropped packets); the click stays at its container time."""
     from fractions import Fraction
 
     sr, fps = 16000, 25
@@ -250,25 +255,28 @@ def _mux_offset_source(path, video_start: float, audio_start: float, event_s: fl
             c.mux(p)
         n = int((seconds + video_start) * sr)
         audio = (np.random.default_rng(0).standard_normal(n) * 0.001).astype(np.float32)
-        click = int(round((event_s - audio_start) * sr))
+        gap = int(round(audio_gap_s * sr)) // 1024 * 1024
+        click = int(round((event_s - audio_start) * sr)) - gap  # samples after the gap sit `gap` later
         audio[click : click + 80] = 0.9
         s16 = (audio * 32767).astype(np.int16)
         for pos in range(0, n, 1024):
             af = av.AudioFrame.from_ndarray(s16[pos : pos + 1024].reshape(1, -1), format="s16", layout="mono")
-            af.sample_rate, af.pts, af.time_base = sr, int(round(audio_start * sr)) + pos, Fraction(1, sr)
+            at = int(round(audio_start * sr)) + pos + (gap if pos >= sr else 0)
+            af.sample_rate, af.pts, af.time_base = sr, at, Fraction(1, sr)
             for p in a.encode(af):
                 c.mux(p)
         for p in a.encode(None):
             c.mux(p)
 
 
-@pytest.mark.parametrize("video_start, audio_start", [(0.85, 0.008), (0.0, 0.3)])
-def test_clip_audio_and_frames_stay_aligned_when_streams_start_apart(tmp_path, video_start, audio_start):
-    """Real files start their video well after their audio (0.85 s against 0.008 s in one unseen clip). The flash
-    frame and the click, made at the same container instant, must land within one frame of each other in the clip."""
+@pytest.mark.parametrize("video_start, audio_start, gap", [(0.85, 0.008, 0.0), (0.0, 0.3, 0.0), (0.2, 0.0, 0.512)])
+def test_clip_audio_and_frames_stay_aligned_when_streams_start_apart(tmp_path, video_start, audio_start, gap):
+    """Real files start their video well after their audio (0.85 s against 0.008 s in one unseen clip), and some
+    audio streams have gaps. The flash frame and the click, made at the same container instant, must land within
+    one frame of each other in the clip."""
     path = tmp_path / "offset.mp4"
-    event = video_start + 29 / 25  # container time of video frame 29
-    _mux_offset_source(path, video_start, audio_start, event)
+    event = video_start + 54 / 25  # container time of video frame 54
+    _mux_offset_source(path, video_start, audio_start, event, audio_gap_s=gap)
     res = extract_clips(str(path), probe(str(path)), ExtractSpec(min_s=1.0))
     # The flash is a hard cut on both sides; whichever clip holds it, map clip times back to the source timeline.
     flash_t = click_t = None
@@ -282,3 +290,63 @@ def test_clip_audio_and_frames_stay_aligned_when_streams_start_apart(tmp_path, v
     assert flash_t is not None, f"no clip holds the flash: {[(c.start, c.end) for c in res.clips]}, {res.drops}"
     assert click_t is not None, "no clip holds the click"
     assert abs(click_t - flash_t) <= 1 / 25, (click_t, flash_t)
+
+
+@pytest.fixture(scope="module")
+def looped(tmp_path_factory):
+    """vsr_test2 (8 s, five shots) looped to 50 s: a source long enough for windows."""
+    from tests.media_tools import loop_video
+
+    path = loop_video(sample("vsr_test2.mp4"), tmp_path_factory.mktemp("loop") / "loop.mp4", 50)
+    return str(path), probe(str(path))
+
+
+def _clips_of(path, info, spec, span=None):
+    return [x for x in iter_extract(path, info, spec, span=span) if not isinstance(x, ExtractSummary)]
+
+
+def test_windows_give_the_whole_source_clips_cut_at_their_edges(looped):
+    """A source decoded in windows (each from a seek, the detector warmed up before it) yields the same clips as one
+    pass, except that a shot crossing a window edge is cut there; no clip crosses an edge, none overlaps another,
+    and the audio of each clip is the same to within a millisecond."""
+    path, info = looped
+    spec = ExtractSpec(min_s=1.0)
+    whole = {(round(c.start, 3), round(c.end, 3)): c for c in _clips_of(path, info, spec)}
+    parts = [_clips_of(path, info, spec, span) for span in ((0.0, 20.0), (20.0, 40.0), (40.0, None))]
+    spans = sorted((round(c.start, 3), round(c.end, 3)) for p in parts for c in p)
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), "clips of two windows overlap"
+    for (lo, hi), p in zip(((0.0, 20.0), (20.0, 40.0), (40.0, 1e9)), parts):
+        assert all(lo <= c.start and c.end <= hi for c in p)
+    crossing = {s for s in whole if s[0] < 20.0 < s[1] or s[0] < 40.0 < s[1]}
+    assert crossing and set(spans) >= set(whole) - crossing
+    assert set(spans) - set(whole) <= {s for s in spans if s[0] in (20.0, 40.0) or s[1] in (20.0, 40.0)}
+    for p in parts:
+        for c in p:
+            w = whole.get((round(c.start, 3), round(c.end, 3)))
+            if w is not None:
+                a, _ = read_wav_bytes(c.wav)
+                b, _ = read_wav_bytes(w.wav)
+                if len(a) < 16000 or np.abs(a).max() < 1e-3:
+                    continue
+                lag = 800  # search +-50 ms
+                n = min(len(a), len(b)) - 2 * lag
+                shift = int(np.argmax(np.correlate(b[: n + 2 * lag], a[lag : lag + n], mode="valid"))) - lag
+                assert abs(shift) <= 16, (c.start, shift)
+
+
+def test_deferred_encode_matches_the_single_pass(looped):
+    """The encode step decodes only a clip's span (from the keyframe before it) and gives the frames the single pass
+    gives, on a constant-rate, a variable-rate and a rotated source."""
+    from pipeline.media import encode_span
+
+    for path in (looped[0], str(sample("pyscenedetect_goldeneye-vfr-drop3.mp4")),
+                 str(sample("pyscenedetect_issue-134-rotate.mp4"))):
+        info = probe(path)
+        spec = ExtractSpec(min_s=1.0)
+        clips = extract_clips(path, info, spec).clips
+        for c in (clips[0], clips[len(clips) // 2], clips[-1]):
+            a = decode_video_bytes(c.mp4).astype(np.float32)
+            b = decode_video_bytes(encode_span(path, info, spec, c.start, c.end)).astype(np.float32)
+            assert a.shape == b.shape
+            psnr = 10 * np.log10(255**2 / max(1e-6, float(((a - b) ** 2).mean())))
+            assert psnr > 35, (path, c.start, psnr)  # the same frames, up to x264's own noise

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.item import Clip, SourceItem, batch_from_items, items_from_batch
+from pipeline.item import Clip
 from pipeline.media import ExtractSpec
-from pipeline.operators import ExtractOp, ProbeOp
+from pipeline.operators import extract_source
 
 ROOT = Path(__file__).resolve().parents[2]
 VIDEOS = ROOT / "datasets" / "samples" / "videos"
@@ -40,8 +40,7 @@ def fresh(clip: Clip) -> Clip:
 @functools.lru_cache(maxsize=None)
 def _extracted(name: str) -> Clip:
     path = next(VIDEOS.rglob(name))
-    batch = ProbeOp(reraise=True)(batch_from_items([SourceItem(path=str(path))]))
-    item = items_from_batch(ExtractOp(ExtractSpec(), "test", reraise=True)(batch))[0]
+    item = extract_source(str(path), ExtractSpec(), "test")
     assert len(item.clips) == 1, f"{name}: expected one clip, got {len(item.clips)}"
     clip = item.clips[0]
     clip.analysis_frames()

@@ -1,0 +1,62 @@
+"""Fault injection for the crash tests: die at a named point, as if the machine lost power there.
+
+Set ``INTERACTHUMAN_FAULT=<point>`` (or ``<point>@<n>`` for the n-th time a process reaches it) in the environment of
+a ``curate`` run started in a session of its own: when a process reaches the point it SIGKILLs every process of its
+session (the driver, Ray's daemons and workers) and then itself. Points:
+
+* ``shard-renamed``: a shard was renamed into place; the manifest chunk naming it is not written yet;
+* ``manifest-written``: a manifest chunk was renamed into place.
+
+The tests kill a run at each point and check that the next run ends with the clean key set, each key once. Unset,
+a point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get("INTERACTHUMAN_FAULT")
+    if not spec:
+        return
+    point, _, nth = spec.partition("@")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] < int(nth or 1):
+        return
+    kill_session(os.getsid(0))
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (Linux), this one last."""
+    me = os.getpid()
+    for _ in range(3):  # processes may fork while we kill
+        for pid in session_pids(sid):
+            if pid != me:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    os.kill(me, signal.SIGKILL)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (read from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields after the command: state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(d))
+    return out
