@@ -514,7 +514,7 @@ def extract_clips(path: str, info: dict[str, Any], spec: ExtractSpec) -> Extract
                 drops.append(_drop(start, start + n, "too_short"))
         else:
             c0 = time.thread_time()
-            parts = guard_spans(small, fps, spec.scene, shot.min_frames)
+            parts = guard_spans(small, fps, spec.scene, shot.min_frames) if small else [("keep", 0, n, None)]
             timings["scene_cut_cpu_s"] += time.thread_time() - c0
             whole = len(parts) == 1 and parts[0][0] == "keep"
             encoded = iter([data]) if whole else _reencode_parts(data, [(a, b) for act, a, b, _ in parts

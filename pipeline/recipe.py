@@ -46,7 +46,7 @@ class SceneConfig:
     fps: float | None = None  # frames a second the detector sees; None: every frame of the clip grid
     refine: bool = True  # with a subsampled `fps`: move each cut to the largest change between sampled frames
     gradual: bool = True  # PySceneDetect detectors: also find dissolves and fades and drop their frames
-    trim_s: float = 0.04  # extra seconds dropped on each side of a gradual transition
+    trim_s: float = 0.08  # extra seconds dropped on each side of a gradual transition
     device: str = "auto"  # transnetv2: auto (a GPU when visible) | cpu | cuda | cuda:N
     guard: str = "split"  # a clip that still holds a transition: split | drop | off
     guard_ratio: float = 6.0  # guard: largest frame change / the clip's 90th-percentile change

@@ -29,6 +29,7 @@ from pipeline.manifest import (
     write_chunk,
 )
 from pipeline.recipe import Recipe
+from pipeline.scenecut import extract_gpus
 from pipeline.sources import discover
 from pipeline.stats import aggregate, format_table
 
@@ -158,7 +159,7 @@ def _execute(ray: Any, recipe: Recipe, todo: list[tuple[str, int]], stages: list
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
     ds = ds.map_batches(_probe_rows, batch_size=1, num_cpus=0.25, fn_kwargs={"reraise": reraise})
     ds = ds.map_batches(
-        ExtractOp, batch_size=1, num_cpus=recipe.run.extract_cpus,
+        ExtractOp, batch_size=1, num_cpus=recipe.run.extract_cpus, num_gpus=extract_gpus(recipe.scene, gpus),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_extract),
         fn_constructor_kwargs={"spec": spec_from_recipe(recipe), "fingerprint": fingerprint, "reraise": reraise},
     )
