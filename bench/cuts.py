@@ -98,6 +98,11 @@ SETTINGS: dict[str, SceneConfig] = {
     "hash": _base(detector="hash", gradual=False, guard="off"),
     "adaptive + gradual": _base(guard="off"),
     "adaptive + gradual + guard drop": _base(guard="drop"),
+    "adaptive thr 6 min 12": _base(threshold=6.0, min_score=12.0, gradual=False, guard="off"),
+    "adaptive thr 8 min 12": _base(threshold=8.0, min_score=12.0, gradual=False, guard="off"),
+    "adaptive thr 4 min 12 + gradual + guard split": _base(threshold=4.0, min_score=12.0),
+    "adaptive thr 6 min 12 + gradual + guard split": _base(threshold=6.0, min_score=12.0),
+    "adaptive thr 8 min 12 + gradual + guard split": _base(threshold=8.0, min_score=12.0),
     "default (adaptive + gradual + guard split)": SceneConfig(),
     "transnetv2 (CPU, 1 thread)": _base(detector="transnetv2", device="cpu", gradual=False, guard="off"),
     "transnetv2 + gradual": _base(detector="transnetv2", device="cpu", guard="off"),
@@ -294,13 +299,53 @@ def run_setting(scene: SceneConfig, srcs: list[dict]) -> dict:
             "cut_cpu": cut_cpu / dur, "extract_cpu": ext_cpu / dur, "video_s": dur, "per_source": per_source}
 
 
+def plot(results: dict, path: str, names: list[str]) -> None:
+    """A timeline per source: the true transitions and, for each setting in ``names``, what it found."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in names if n in results]
+    per = next(iter(results.values()))["per_source"]
+    sources = [s for s in per if per[s]["truth"]]  # the single-shot samples: nothing found by these three
+    fig, axes = plt.subplots(len(sources), 1, figsize=(11, 0.55 * (len(names) + 1) * len(sources) / 2.2 + 1),
+                             sharex=True)
+    for ax, src in zip(axes, sources):
+        rows = [("truth", results[names[0]]["per_source"][src]["truth"], "black")]
+        rows += [(n, results[n]["per_source"][src]["found"], c) for n, c in zip(names, ("tab:red", "tab:blue",
+                                                                                         "tab:green", "tab:purple"))]
+        for k, (label, evs, color) in enumerate(rows):
+            y = len(rows) - 1 - k
+            for a, b in evs:
+                if b - a < 1e-6:
+                    ax.plot([a, a], [y - 0.4, y + 0.4], color=color, lw=2)
+                else:
+                    ax.add_patch(plt.Rectangle((a, y - 0.35), b - a, 0.7, color=color, alpha=0.6))
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([r[0][:28] for r in rows][::-1], fontsize=6)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(src, fontsize=7, loc="left", pad=2)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1].set_xlabel("seconds (a bar: a hard cut; a box: a dropped transition span)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/interacthuman-cuts", help="where the built sequences are cached")
     ap.add_argument("--settings", default="", help="comma-separated setting names (substrings); default: all")
     ap.add_argument("--json", default="", help="write every figure, per source too, to this file")
     ap.add_argument("--markdown", default="", help="write the table as markdown to this file")
+    ap.add_argument("--plot", default="", help="draw truth and what three settings found, per source, to this PNG")
+    ap.add_argument("--from-json", default="", help="with --plot: draw from an earlier --json instead of running")
     args = ap.parse_args()
+    picked = ["old: adaptive 5 fps 360p", "default (adaptive + gradual + guard split)",
+              "transnetv2 + gradual + guard split"]
+    if args.plot and args.from_json:
+        plot(json.loads(Path(args.from_json).read_text()), args.plot, picked)
+        return 0
     import torch
 
     torch.set_num_threads(1)
@@ -339,6 +384,8 @@ def main() -> int:
         Path(args.markdown).write_text(table + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    if args.plot:
+        plot(results, args.plot, picked)
     return 0
 
 

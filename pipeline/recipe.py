@@ -39,7 +39,7 @@ class SceneConfig:
     guard over each clip's frames."""
 
     detector: str = "adaptive"  # adaptive | content | threshold | histogram | hash (PySceneDetect) | transnetv2
-    threshold: float | None = None  # None: the detector's own default (transnetv2: 0.5)
+    threshold: float | None = None  # None: the default (adaptive 12: calibrated in bench/cuts.py; transnetv2 0.5)
     min_scene_s: float = 0.5  # shortest shot the detector may report
     min_score: float = 9.0  # adaptive detector: lowest content score that can be a cut (PySceneDetect: 15)
     short_side: int = 64  # detection size: short side of the frames PySceneDetect sees (transnetv2: 48x27)

