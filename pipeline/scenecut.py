@@ -472,7 +472,6 @@ class TransNetV2Cuts:
         self._n = 0
         self._run: list[tuple[int, float, float]] = []
         self._sent_span = False
-        self.probabilities: list[tuple[int, float, float]] | None = None  # set to [] to record (tests, bench)
 
     def push(self, index: int, t: float, frame: np.ndarray) -> list[CutEvent]:
         if frame.shape[:2] != (TRANSNET_SIZE[1], TRANSNET_SIZE[0]):
@@ -493,7 +492,7 @@ class TransNetV2Cuts:
             if need > 0:
                 self._buf += [self._buf[-1]] * need
             out += self._window(min(self.STEP, self._n - self._base))
-        out += self._close_run(final=True)
+        out += self._close_run()
         return out
 
     def _window(self, keep: int) -> list[CutEvent]:
@@ -512,8 +511,6 @@ class TransNetV2Cuts:
         return out
 
     def _predicted(self, i: int, p1: float, pm: float) -> list[CutEvent]:
-        if self.probabilities is not None:
-            self.probabilities.append((i, p1, pm))
         if max(p1, pm) > self.threshold:
             self._run.append((i, p1, pm))
             if len(self._run) > self.hard_frames and max(r[1] for r in self._run) > self.threshold:
@@ -526,7 +523,7 @@ class TransNetV2Cuts:
         peak = max(r[1] for r in self._run)
         return CutEvent(self._run[0][0] - self.trim, self._run[-1][0] + 1 + self.trim, peak, "transition")
 
-    def _close_run(self, final: bool = False) -> list[CutEvent]:
+    def _close_run(self) -> list[CutEvent]:
         run, sent = self._run, self._sent_span
         self._run, self._sent_span = [], False
         if not run:
