@@ -579,7 +579,7 @@ def iter_extract(path: str, info: dict[str, Any], spec: ExtractSpec, span: tuple
         if n >= min_frames:
             data = shot.writer.close() if shot.writer is not None else None
             c0 = time.thread_time()
-            parts = guard_spans(shot.small, fps, spec.scene, min_frames)
+            parts = guard_spans(shot.small, fps, spec.scene, min_frames) if shot.small else [("keep", 0, n, None)]
             timings["scene_cut_cpu_s"] += time.thread_time() - c0
             keeps = [(a, b) for act, a, b, _ in parts if act == "keep"]
             encoded = iter([data] * len(keeps)) if data is None else (

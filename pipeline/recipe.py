@@ -39,14 +39,14 @@ class SceneConfig:
     guard over each clip's frames."""
 
     detector: str = "adaptive"  # adaptive | content | threshold | histogram | hash (PySceneDetect) | transnetv2
-    threshold: float | None = None  # None: the detector's own default (transnetv2: 0.5)
+    threshold: float | None = None  # None: the default (adaptive 12: calibrated in bench/cuts.py; transnetv2 0.5)
     min_scene_s: float = 0.5  # shortest shot the detector may report
     min_score: float = 9.0  # adaptive detector: lowest content score that can be a cut (PySceneDetect: 15)
     short_side: int = 64  # detection size: short side of the frames PySceneDetect sees (transnetv2: 48x27)
     fps: float | None = None  # frames a second the detector sees; None: every frame of the clip grid
     refine: bool = True  # with a subsampled `fps`: move each cut to the largest change between sampled frames
     gradual: bool = True  # PySceneDetect detectors: also find dissolves and fades and drop their frames
-    trim_s: float = 0.04  # extra seconds dropped on each side of a gradual transition
+    trim_s: float = 0.08  # extra seconds dropped on each side of a gradual transition
     device: str = "auto"  # transnetv2: auto (a GPU when visible) | cpu | cuda | cuda:N
     guard: str = "split"  # a clip that still holds a transition: split | drop | off
     guard_ratio: float = 6.0  # guard: largest frame change / the clip's 90th-percentile change

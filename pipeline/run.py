@@ -30,6 +30,7 @@ from typing import Any, Callable
 from pipeline.attempts import attempts_dir, discard_unsettled, settle
 from pipeline.manifest import RunLock, for_fingerprint, new_run_id, plan, read_manifest, recover, write_chunk
 from pipeline.recipe import Recipe, Resources
+from pipeline.scenecut import extract_gpus
 from pipeline.sources import discover
 from pipeline.stats import aggregate, format_table
 
@@ -306,7 +307,8 @@ def _build_and_run(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any],
     user_modules = user_stage_modules(recipe.stages)
 
     probe_res = resources_for("probe", recipe, DEFAULTS["probe"])
-    ex_res = resources_for("extract", recipe, DEFAULTS["extract"])
+    ex_res = resources_for("extract", recipe, Resources(**{**vars(DEFAULTS["extract"]),
+                                                           "gpus": extract_gpus(recipe.scene, gpus)}))
     write_res = resources_for("write", recipe, DEFAULTS["write"])
     ops = operator_plan(recipe, stages, gpus, log)
     if not recipe.run.address:

@@ -32,7 +32,6 @@ The recipe chooses (``scene.guard``) to drop such a clip (reason ``transition_in
 
 from __future__ import annotations
 
-import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -261,7 +260,7 @@ class GradualCuts:
     * **dissolve**: the ends differ (``|b - a|`` at least ``min_change``, and structurally: not only a gain), the
       centre is close to their midpoint, and every frame between lies near the line from ``a`` to ``b``
       (``T_j ~ a + alpha_j (b - a)``, a blend, which camera motion and hard cuts are not). The transition frames are
-      those with ``alpha`` between 0.1 and 0.9, widened by ``trim`` frames on each side.
+      those with ``alpha`` between 0.05 and 0.95, widened by ``trim`` frames on each side.
     * **fade**: the centre is dark against both ends (mean below ``fade_ratio`` of the darker end) and the frames on
       each side are dimmed copies of their end. The span is the frames dimmer than 90 % of their side's end.
 
@@ -270,7 +269,7 @@ class GradualCuts:
 
     name = "gradual"
 
-    def __init__(self, fps: float, trim_s: float = 0.04, max_s: float = 1.1, min_change: float = 14.0,
+    def __init__(self, fps: float, trim_s: float = 0.08, max_s: float = 1.1, min_change: float = 14.0,
                  max_residual: float = 0.3, fade_ratio: float = 0.3):
         self.h_max = max(2, int(round(max_s * fps / 2)))
         self.hs = sorted({max(2, int(round(self.h_max * k))) for k in (1.0, 0.75, 0.5, 0.3)}, reverse=True)
@@ -321,17 +320,21 @@ class GradualCuts:
         change = float(np.abs(d).mean())
         if change < self.min_change:
             return None
-        if float(np.abs(m - (a + b) / 2).mean()) > self.max_residual * change:
-            return None
-        # The change is concentrated in the window: just outside it the picture is steady (a slow zoom or pan
-        # changes as fast outside as inside, and is nearly linear too).
-        outside = max(_mad(ring[c - h - k][1], a), _mad(ring[c + h + k][1], b))
-        if outside > 0.5 * change * k / (2 * h):
+        if float(np.abs(m - (a + b) / 2).mean()) > 0.2 * change:
             return None
         # Structural change, not only gain or exposure: compare the ends after normalising each channel.
-        if _mad(_normalise(a), _normalise(b)) < 0.35:
+        if _mad(_normalise(a), _normalise(b)) < 0.4:
+            return None
+        # The context beyond the ends belongs to the same two shots (no hard cut there).
+        if max(_mad(ring[c - h - k][1], a), _mad(ring[c + h + k][1], b)) > 0.6 * change:
             return None
         dd = float((d * d).sum())
+        # The change stops at the window's ends: frames k outside it do not continue along a -> b. Without this a
+        # window whose ends lie inside the dissolve passes too, and reports only part of it.
+        pre = float(((ring[c - h - k][1] - a) * d).sum() / dd)
+        post = float(((ring[c + h + k][1] - a) * d).sum() / dd)
+        if pre < -0.12 or post > 1.12:
+            return None
         alphas, worst = [], 0.0
         for j in range(c - h, c + h + 1):
             tj = ring[j][1]
@@ -343,7 +346,7 @@ class GradualCuts:
         al = np.asarray(alphas)
         if np.any(np.diff(np.maximum.accumulate(al)) < -1e-6) or (al[:-1] - al[1:]).max() > 0.2:
             return None
-        inside = np.where((al > 0.1) & (al < 0.9))[0]
+        inside = np.where((al > 0.05) & (al < 0.95))[0]
         if len(inside) < 2:
             return None  # a one-frame change is a hard cut: the hard-cut detector's job
         i0 = ring[c - h + int(inside[0])][0]
@@ -459,7 +462,7 @@ class TransNetV2Cuts:
 
     WINDOW, STEP, CONTEXT = 100, 50, 25
 
-    def __init__(self, fps: float, threshold: float | None = None, trim_s: float = 0.04, device: str = "auto",
+    def __init__(self, fps: float, threshold: float | None = None, trim_s: float = 0.08, device: str = "auto",
                  hard_frames: int = 2):
         self.model, self.device = load_transnetv2(device)
         self.name = "transnetv2"
@@ -472,13 +475,13 @@ class TransNetV2Cuts:
         self._n = 0
         self._run: list[tuple[int, float, float]] = []
         self._sent_span = False
-        self.probabilities: list[tuple[int, float, float]] | None = None  # set to [] to record (tests, bench)
 
     def push(self, index: int, t: float, frame: np.ndarray) -> list[CutEvent]:
         if frame.shape[:2] != (TRANSNET_SIZE[1], TRANSNET_SIZE[0]):
             raise ValueError(f"transnetv2 needs {TRANSNET_SIZE[0]}x{TRANSNET_SIZE[1]} frames, got {frame.shape}")
-        if not self._buf:
+        if not self._buf and self._n == 0:
             self._buf = [frame] * self.CONTEXT
+            self._base = self._n = index  # a window of a source starts at any frame index
         self._buf.append(frame)
         self._n += 1
         out: list[CutEvent] = []
@@ -493,7 +496,7 @@ class TransNetV2Cuts:
             if need > 0:
                 self._buf += [self._buf[-1]] * need
             out += self._window(min(self.STEP, self._n - self._base))
-        out += self._close_run(final=True)
+        out += self._close_run()
         return out
 
     def _window(self, keep: int) -> list[CutEvent]:
@@ -512,8 +515,6 @@ class TransNetV2Cuts:
         return out
 
     def _predicted(self, i: int, p1: float, pm: float) -> list[CutEvent]:
-        if self.probabilities is not None:
-            self.probabilities.append((i, p1, pm))
         if max(p1, pm) > self.threshold:
             self._run.append((i, p1, pm))
             if len(self._run) > self.hard_frames and max(r[1] for r in self._run) > self.threshold:
@@ -526,7 +527,7 @@ class TransNetV2Cuts:
         peak = max(r[1] for r in self._run)
         return CutEvent(self._run[0][0] - self.trim, self._run[-1][0] + 1 + self.trim, peak, "transition")
 
-    def _close_run(self, final: bool = False) -> list[CutEvent]:
+    def _close_run(self) -> list[CutEvent]:
         run, sent = self._run, self._sent_span
         self._run, self._sent_span = [], False
         if not run:
@@ -546,12 +547,22 @@ class TransNetV2Cuts:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def extract_gpus(scene: Any, cluster_gpus: float) -> float:
+    """The GPU share an extraction actor asks for: TransNetV2 is a GPU stage when the cluster has GPUs (a quarter
+    GPU each, so four extractors share one: the model is small and the decode is on the CPU); 0 otherwise."""
+    if scene.detector == "transnetv2" and scene.device != "cpu" and cluster_gpus > 0:
+        return 0.25
+    return 0.0
+
+
 def make_cut_detector(scene: Any, fps: float) -> CutDetector:
     """The detector a recipe's ``scene`` section asks for, fed frames of a grid at ``fps``."""
+    det: Any
     if scene.detector == "transnetv2":
-        return TransNetV2Cuts(fps, scene.threshold, scene.trim_s, scene.device)
-    det: Any = PySceneDetectCuts(scene.detector, fps, scene.threshold, scene.min_scene_s, scene.min_score,
-                                 scene.fps, scene.refine)
+        det = TransNetV2Cuts(fps, scene.threshold, scene.trim_s, scene.device)
+    else:
+        det = PySceneDetectCuts(scene.detector, fps, scene.threshold, scene.min_scene_s, scene.min_score,
+                                scene.fps, scene.refine)
     if scene.gradual:
         det = Combined([det, GradualCuts(fps, scene.trim_s)])
     return det
@@ -581,10 +592,11 @@ def guard_clip(frames: np.ndarray | list[np.ndarray], fps: float, ratio: float =
                gradual: bool = True) -> GuardVerdict:
     """Does this clip still hold a transition? ``frames``: the clip's small RGB frames (any size), in order.
 
-    Hard: the largest frame-to-frame change ``d_max`` (mean absolute difference of 32-px thumbnails, 0-255) is at
-    least ``min_step`` and ``ratio`` times the clip's 90th-percentile change, and it is a step (the frames two
-    either side still differ; a flash or a dropped frame returns). Gradual: :class:`GradualCuts` over the clip's own
-    frames finds a dissolve or a fade.
+    Hard: the largest frame-to-frame change ``d_max`` (mean absolute difference of 32-px thumbnails, 0-255, scaled
+    up for a dark clip by 100 / its mean level, at most 10x) is at least ``min_step`` and ``ratio`` times the clip's
+    90th-percentile change without it, and it is a step (the frames two either side still differ; a flash or a
+    dropped frame returns). Gradual: :class:`GradualCuts` over the clip's own frames (clips of 1.7 s and longer at
+    25 fps) finds a dissolve or a fade.
     """
     n = len(frames)
     if n < 4:
@@ -596,9 +608,11 @@ def guard_clip(frames: np.ndarray | list[np.ndarray], fps: float, ratio: float =
             continue
         prev_src, prev_th = f, thumbnail(f)
         thumbs.append(prev_th)
-    d = np.array([_mad(thumbs[i], thumbs[i - 1]) for i in range(1, n)])
+    # Judge a dark clip as a bright one: changes are scaled by the clip's brightness (mean level / 100, at least 0.1).
+    gain = 1.0 / min(1.0, max(0.1, float(np.mean([t.mean() for t in thumbs[:: max(1, n // 16)]])) / 100.0))
+    d = np.array([_mad(thumbs[i], thumbs[i - 1]) for i in range(1, n)]) * gain
     j = int(np.argmax(d)) + 1  # first frame after the largest change
-    step = _mad(thumbs[max(0, j - 2)], thumbs[min(n - 1, j + 1)])
+    step = _mad(thumbs[max(0, j - 2)], thumbs[min(n - 1, j + 1)]) * gain
     # The clip's own distribution, without the largest change; held frames (a constant grid over a slower
     # source) are not motion.
     rest = np.delete(d, j - 1)
@@ -618,8 +632,8 @@ def guard_clip(frames: np.ndarray | list[np.ndarray], fps: float, ratio: float =
 def guard_spans(frames: np.ndarray | list[np.ndarray], fps: float, scene: Any, min_frames: int,
                 depth: int = 2) -> list[tuple[str, int, int, GuardVerdict | None]]:
     """The recipe's guard over one clip: ``[(action, a, b, verdict)]`` for frame ranges ``a .. b-1`` of the clip, in
-    order, with action ``keep``, ``too_short`` (a split part under ``min_frames``), ``transition`` (the flagged
-    transition's own frames, split mode) or ``transition_inside`` (the whole clip, drop mode). Split parts are
+    order, with action ``keep``, ``too_short`` (a split part under ``min_frames``), ``transition`` (split mode: the
+    boundary found, with the frames it drops; ``a == b`` for a hard cut) or ``transition_inside`` (the whole clip, drop mode). Split parts are
     checked again, ``depth`` levels deep."""
     n = len(frames)
     if scene.guard == "off" or n == 0:
@@ -629,9 +643,7 @@ def guard_spans(frames: np.ndarray | list[np.ndarray], fps: float, scene: Any, m
         return [("keep", 0, n, v)]
     if scene.guard == "drop":
         return [("transition_inside", 0, n, v)]
-    out: list[tuple[str, int, int, GuardVerdict | None]] = []
-    if v.end > v.start:
-        out.append(("transition", v.start, v.end, v))
+    out: list[tuple[str, int, int, GuardVerdict | None]] = [("transition", v.start, v.end, v)]
     for a, b in ((0, v.start), (v.end, n)):
         if b <= a:
             continue
