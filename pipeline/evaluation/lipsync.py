@@ -4,7 +4,9 @@ Both read the face-mesh series (:mod:`pipeline.evaluation.video`: mouth opening 
 same landmarks the lip-sync stage uses) and each audio track's speech envelope: log RMS energy over +-40 ms, inside
 silero-vad's speech intervals, a floor (log 1e-4) outside them.
 
-* ``s(i, j)``: how well face ``i``'s mouth follows track ``j``: the Pearson correlation of its mouth opening with
+* mouth motion: ``|d opening / dt|`` smoothed over 0.36 s (9 ticks), as the lip-sync stage measures a talking mouth
+  (the opening itself is a weak signal: a listener may rest with the mouth open);
+* ``s(i, j)``: how well face ``i``'s mouth follows track ``j``: the Pearson correlation of its mouth motion with
   track ``j``'s envelope, the best over lags of at most 80 ms (2 ticks; SyncNet allows more, but it reports the
   offset apart). A still mouth has no correlation (0). Needs 2 s of measured face and 0.5 s of speech in the track.
 * ``lipsync`` of identity ``i`` is ``s(i, i)`` (its own track); a video's is the mean over identities whose track
@@ -26,6 +28,7 @@ from pipeline.evaluation.inputs import AUDIO_RATE
 from pipeline.evaluation.video import EvalVideo
 
 MAX_LAG_S = 0.08
+SMOOTH_TICKS = 9
 MIN_FACE_S = 2.0
 MIN_SPEECH_S = 0.5
 ENV_WIN_S = 0.04
@@ -46,10 +49,11 @@ def envelope(track: np.ndarray, times: np.ndarray, voice: list[list[float]], win
     return np.where(mask_at(voice, times), env, ENV_FLOOR)
 
 
-def follow(opening: np.ndarray, env: np.ndarray, rate: float, max_lag_s: float = MAX_LAG_S,
+def follow(mouth: np.ndarray, env: np.ndarray, rate: float, max_lag_s: float = MAX_LAG_S,
            min_face_s: float = MIN_FACE_S) -> float | None:
-    """Best Pearson correlation of ``opening`` with ``env`` over lags up to ``max_lag_s``; 0 for a still mouth or a
-    constant envelope; None with under ``min_face_s`` of measured face."""
+    """Best Pearson correlation of a mouth signal with ``env`` over lags up to ``max_lag_s``; 0 for a still mouth or
+    a constant envelope; None with under ``min_face_s`` of measured face."""
+    opening = mouth
     ok = ~np.isnan(opening)
     if ok.sum() < min_face_s * rate:
         return None
@@ -69,6 +73,15 @@ def follow(opening: np.ndarray, env: np.ndarray, rate: float, max_lag_s: float =
     return best
 
 
+def mouth_signal(opening: np.ndarray, rate: float) -> np.ndarray:
+    """Smoothed mouth motion ``[N, M]`` of mouth openings ``[N, M]`` (NaN where unknown)."""
+    from stages.lipsync import mouth_motion, nan_smooth
+
+    if opening.size == 0:
+        return opening
+    return nan_smooth(mouth_motion(opening, rate), SMOOTH_TICKS)
+
+
 def sync_matrix(video: EvalVideo) -> tuple[np.ndarray, list[bool], np.ndarray]:
     """``(s [N faces, N tracks] with NaN where unknown, speaking [N] per track, envelopes [N, M])``."""
     from stages.audio_vad import total
@@ -84,10 +97,11 @@ def sync_matrix(video: EvalVideo) -> tuple[np.ndarray, list[bool], np.ndarray]:
         if t is not None:
             envs[j] = envelope(t, mesh.times, voice)
     s = np.full((n, n), np.nan)
+    motion = mouth_signal(mesh.opening, mesh.rate)
     for i in range(n):
         for j in range(n):
             if speaking[j]:
-                v = follow(mesh.opening[i], envs[j], mesh.rate)
+                v = follow(motion[i], envs[j], mesh.rate)
                 s[i, j] = np.nan if v is None else v
     return s, speaking, envs
 
@@ -146,12 +160,12 @@ def _speech_s(video: EvalVideo, i: int) -> float:
 
 
 def timeline_series(video: EvalVideo) -> dict[str, Any]:
-    """What the report's lip-sync timeline draws: per identity its mouth opening, its track's envelope and speech."""
+    """What the report's lip-sync timeline draws: per identity its mouth motion, its track's envelope and speech."""
     mesh = video.mesh()
     n = len(video.request.identities)
     envs = []
     for j in range(n):
         t = video.tracks[j]
         envs.append(envelope(t, mesh.times, video.voice(j)) if t is not None else np.full(len(mesh.times), ENV_FLOOR))
-    return {"times": mesh.times, "opening": mesh.opening, "envelope": np.stack(envs) if envs else None,
+    return {"times": mesh.times, "motion": mouth_signal(mesh.opening, mesh.rate), "envelope": np.stack(envs) if envs else None,
             "voice": [video.voice(j) for j in range(n)]}

@@ -2,7 +2,7 @@
 
 * a summary table (mean, videos covered, which direction is better, backend) and what was skipped and why;
 * ``distributions.png``: per metric, the per-video values (a strip of points over a box plot);
-* per video, ``timelines/<video>.png``: for each identity its mouth opening and its own track's speech envelope over
+* per video, ``timelines/<video>.png``: for each identity its mouth motion and its own track's speech envelope over
   time, speaking intervals shaded (written while the video is scored);
 * the worst and best videos by the ranking metric (``lipsync``, else the first with values), each with a contact sheet
   ``sheets/<video>.png`` (six frames with each identity's face box in its colour) and its timeline;
@@ -42,7 +42,7 @@ def _safe(name: str) -> str:
 
 
 def timeline_png(video: Any, path: Path) -> None:
-    """Per identity: mouth opening (its colour) and its track's speech envelope (grey), speech shaded."""
+    """Per identity: mouth motion (its colour) and its track's speech envelope (grey), speech shaded."""
     from pipeline.evaluation.lipsync import ENV_FLOOR, timeline_series
 
     plt = _plt()
@@ -57,10 +57,10 @@ def timeline_png(video: Any, path: Path) -> None:
         env = s["envelope"][i]
         e = (env - ENV_FLOOR) / max(1e-6, float(np.max(env - ENV_FLOOR)))
         ax.plot(t, e, color="0.45", lw=1, label="own track (speech envelope)")
-        op = s["opening"][i]
+        op = s["motion"][i]
         if np.isfinite(op).any():
             ax.plot(t, op / max(1e-6, float(np.nanmax(op))), color=np.array(colour(i)) / 255, lw=1.5,
-                    label="mouth opening")
+                    label="mouth motion")
         ax.set_ylim(-0.05, 1.1)
         ax.set_yticks([])
         ax.set_ylabel(f"#{i}", rotation=0, labelpad=14, color=np.array(colour(i)) / 255, fontsize=11)
