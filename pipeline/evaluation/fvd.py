@@ -249,11 +249,16 @@ class FVDFamily(Family):
         return Scores(notes={} if clips else {"fvd": f"shorter than {CLIP_FRAMES} frames"})
 
     def finish(self, log: Callable[[str], None] | None = None) -> dict[str, float]:
-        from pipeline.evaluation.inputs import find_videos
+        from pipeline.evaluation.inputs import InputError, find_videos
 
         self.set_skipped: dict[str, Any] = {}
         real = []
-        for p in find_videos(self.real):
+        try:
+            paths = find_videos(self.real)
+        except InputError as e:
+            self.set_skipped["fvd"] = f"--real: {e}"
+            return {}
+        for p in paths:
             clips = video_clips(p, self.clips)
             if clips:
                 real.append(features(self.net, clips, self.device))

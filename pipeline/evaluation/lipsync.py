@@ -14,7 +14,7 @@ silero-vad's speech intervals, a floor (log 1e-4) outside them.
 * ``binding_accuracy``: for each identity ``i`` whose track holds speech, bound right (1) when its face follows its
   own track better than any other face does (``s(i, i) > s(k, i)``) and better than it follows any other speaking
   track (``s(i, i) > s(i, j)``); else 0 (also when its face is missing). The video's value is the mean; it needs two
-  identities. Swapped tracks give 0, chance is at most 0.5.
+  identities and at least one face found. Swapped tracks give 0, chance is at most 0.5.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class LipSyncFamily(Family):
     names = ("lipsync", "binding_accuracy")
 
     def describe(self) -> str:
-        return "embedded: mediapipe face mesh mouth opening vs silero-vad-gated speech envelope"
+        return "embedded: mediapipe face mesh mouth motion vs silero-vad-gated speech envelope"
 
     def score(self, video: EvalVideo) -> Scores:
         out = Scores()
@@ -136,6 +136,9 @@ class LipSyncFamily(Family):
                                     if any(speaking) else "no track holds speech")
         if n < 2:
             out.notes["binding_accuracy"] = "needs two or more identities"
+            return out
+        if all(f is None for f in video.faces):
+            out.notes["binding_accuracy"] = "no face found"
             return out
         bound = []
         for i in range(n):

@@ -178,9 +178,7 @@ def evaluate(src: str | Path, out: str | Path, real: str | Path | None = None, w
         except InputError as e:
             raise EvaluationError(str(e)) from None
     else:
-        videos = list(iter_curated(src))
-        if not videos:
-            raise EvaluationError(f"{src}: a curation run without committed samples")
+        videos = iter_curated(src)  # a stream: samples are read one at a time
     if real is not None and not Path(real).is_dir():
         raise EvaluationError(f"--real {real}: no such directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +212,8 @@ def evaluate(src: str | Path, out: str | Path, real: str | Path | None = None, w
             log(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in rec["metrics"].items()))
             del video
     summary.records = len(records)
+    if not records:
+        raise EvaluationError(f"{src}: a curation run without committed samples")
     for k in METRICS:
         if k in sums:
             summary.means[k] = round(float(np.mean(sums[k])), 4)
