@@ -193,6 +193,59 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="override a run-recipe field, e.g. --set nproc=2 (repeatable)")
 
 
+EVALUATE_HELP = """\
+Score generated videos the way the InterActHuman paper and AnyTalker do, and write a report (docs/EVALUATION.md
+defines every metric).
+
+DIR holds videos X.mp4, each with its request X.json beside it (the sampler's own sidecar, or a spec
+{"prompt": ..., "identities": [{"ref": ..., "audio": ...}, ...]}) and, from `sample --save-masks`, X.masks.npz.
+DIR may also be a curation run directory: its samples are scored against their own audio.
+
+Writes OUT/metrics.jsonl (one record per video, with per-identity values), OUT/summary.json (means, and under
+"skipped" each metric that could not run and why) and OUT/index.html (the report), and prints a summary table.
+Embedded metrics (lipsync, binding_accuracy, hkc, hkv, interactivity, mask_iou) run on a fresh clone; the others need
+local weights: --weights METRIC=DIR (sync_c, clip_i, dino_i, face_sim, clip_t, iqa, fvd; boxes for the subject
+detector). Exit status: 0 when every video was scored, 1 when some could not be read (named in the output), 2 when the
+evaluation could not start.
+
+examples:
+  interacthuman evaluate runs/samples --output runs/eval
+  interacthuman evaluate runs/samples --output runs/eval --weights sync_c=/weights/syncnet \\
+      --weights fvd=/weights/i3d --real /data/real_clips
+  interacthuman evaluate runs/default --output runs/eval-curated     # a curation run's own samples
+"""
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score generated videos (lip sync, binding, hands, eyes, FVD, ...)",
+                       description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="folder of generated videos with their requests, or a curation run")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--real", metavar="DIR", help="folder of real clips (FVD)")
+    p.add_argument("--weights", action="append", default=[], metavar="METRIC=DIR",
+                   help="local weights of a metric's production backend (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device of the production backends (cpu, cuda, ...)")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.run import EvaluationError, evaluate, parse_weights, print_table
+
+    try:
+        weights = parse_weights(args.weights)
+        summary = evaluate(args.dir, args.output, real=args.real, weights=weights, device=args.device,
+                           log=lambda m: print(m, file=sys.stderr, flush=True)).to_dict()
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table(summary)
+        print(f"wrote {Path(args.output) / 'metrics.jsonl'}, summary.json, index.html")
+    return 1 if summary["errors"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interacthuman",
@@ -207,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_run(sub)
     _add_sample(sub)
+    _add_evaluate(sub)
     args = parser.parse_args(argv)
     if args.command == "curate":
         return _curate(args)
@@ -220,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "sample":
         return _sample(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "inspect":
         from pipeline.inspect import inspect_run
 
