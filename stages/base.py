@@ -53,7 +53,8 @@ class Stage:
     requires: ClassVar[dict[str, dict[str, str]]] = {}
     num_cpus: ClassVar[float] = 0.5  # per actor; fractional so small machines keep CPUs for reading
     gpu_backends: ClassVar[tuple[str, ...]] = ()  # backends that want a GPU (num_gpus=1 on a GPU cluster)
-    # Production backends' local weights: backend -> (files expected in the directory (globs), what to put there).
+    # Production backends' local weights: backend -> (files expected in the directory (globs; "a|b" means either),
+    # what to put there).
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {}
 
     def __init__(self, config: StageConfig):
@@ -88,20 +89,21 @@ class Stage:
         return self.require_weights(expected, hint)
 
     def require_weights(self, expected: list[str], hint: str) -> Path:
-        """The production weights directory, checked for ``expected`` files (glob patterns allowed)."""
+        """The production weights directory, checked for ``expected`` files (glob patterns; ``a|b``: either)."""
         field = f"stages.{self.name}.weights"
+        listed = ", ".join(e.replace("|", " or ") for e in expected)
         if not self.config.weights:
             raise WeightsError(
                 f"stage '{self.name}' backend '{self.config.backend}' needs local weights: set {field} in the recipe "
-                f"or pass --weights {self.name}=DIR. Expected in DIR: {', '.join(expected)}. {hint}"
+                f"or pass --weights {self.name}=DIR. Expected in DIR: {listed}. {hint}"
             )
         d = Path(self.config.weights).expanduser()
         if not d.is_dir():
             raise WeightsError(
                 f"stage '{self.name}': weights directory {d} ({field}) does not exist. "
-                f"Expected in it: {', '.join(expected)}. {hint}"
+                f"Expected in it: {listed}. {hint}"
             )
-        missing = [e for e in expected if not any(d.glob(e))]
+        missing = [e.replace("|", " or ") for e in expected if not any(any(d.glob(alt)) for alt in e.split("|"))]
         if missing:
             raise WeightsError(
                 f"stage '{self.name}': weights directory {d} ({field}) lacks {', '.join(missing)}. {hint}"
