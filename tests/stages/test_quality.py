@@ -196,8 +196,9 @@ def test_qalign_pads_frames_to_a_square_with_the_mean_colour(scorer):
 
 
 def test_modality_adaptive_layers_use_their_image_copy_only_for_image_tokens(scorer):
-    """Changing the image copies (multiway.1) of the norms and key/value projections changes nothing for text alone
-    and changes the output once an image is in the prompt; changing the text copies changes both."""
+    """Changing the image copies (multiway.1) of the norms and key/value projections changes nothing for text alone,
+    nor for the text before the image (causal attention: it never sees the image), and changes what comes after the
+    image; changing the text copies changes the text."""
     import copy
 
     import torch
@@ -215,12 +216,15 @@ def test_modality_adaptive_layers_use_their_image_copy_only_for_image_tokens(sco
                     p.mul_(1.5).add_(0.05)
         return m
 
+    at = int((ids[0] == -200).nonzero())
     with torch.inference_mode():
-        base_text, base_img = model(text_only), model(ids, px)
+        base_text, base_img = model(text_only), model(ids, px, last_only=False)
         image_copy = perturbed(1)
         text_copy = perturbed(0)
         assert torch.allclose(image_copy(text_only), base_text, atol=1e-6)
-        assert not torch.allclose(image_copy(ids, px), base_img, atol=1e-4)
+        changed = image_copy(ids, px, last_only=False)
+        assert torch.allclose(changed[:, :at], base_img[:, :at], atol=1e-6)  # the text before the image
+        assert not torch.allclose(changed[:, -1], base_img[:, -1], atol=1e-4)
         assert not torch.allclose(text_copy(text_only), base_text, atol=1e-4)
 
 
@@ -241,3 +245,27 @@ def test_qalign_real_weights_rate_the_reference_image_as_published():
     from PIL import Image
 
     assert s.score([np.asarray(Image.open(flyer).convert("RGB"))], "quality") == pytest.approx(1.911, abs=0.02)
+
+
+def test_mplug_owl2_gives_the_reference_implementations_logits():
+    """Tiny random weights, a prompt with an image and the logits Q-Align's own code (q_align/model on
+    transformers 4.36.1) computed for them, recorded by bench/qalign_parity.py: this module loads the weights
+    strictly and gives the same logits."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from stages.qalign import MPLUGOwl2Config, MPLUGOwl2ForCausalLM, strict_load
+
+    f = Path(__file__).parent / "fixtures" / "qalign_reference_tiny.safetensors"
+    with safe_open(str(f), framework="pt") as h:
+        config = MPLUGOwl2Config.from_dict(json.loads(h.metadata()["config"]))
+    t = load_file(str(f))
+    with torch.device("meta"):
+        model = MPLUGOwl2ForCausalLM(config)
+    strict_load(model, {k.removeprefix("weights."): v for k, v in t.items() if k.startswith("weights.")}, str(f))
+    with torch.inference_mode():
+        logits = model.eval()(t["inputs.ids"], t["inputs.pixels"])
+    torch.testing.assert_close(logits, t["reference.logits"], atol=2e-5, rtol=1e-4)
