@@ -7,8 +7,8 @@ C operators do not match the installed torch (they are not used; their registrat
     python bench/raft_parity.py --torchvision /tmp/tv/pkg
 
 Measured (docs/STAGES.md, torchvision 0.29.1, CPU): raft_large and raft_small, 4 updates on two real frame pairs:
-identical flows (largest difference 0.0). The gpu test tests/stages/test_motion.py::test_raft_matches_torchvisions_on_the_gpu
-checks the same with torchvision's CUDA build.
+identical flows (largest difference 0.0). The gpu test
+tests/stages/test_motion.py::test_raft_matches_torchvisions_on_the_gpu checks the same with torchvision's CUDA build.
 """
 
 from __future__ import annotations

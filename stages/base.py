@@ -1,7 +1,8 @@
 """The stage contract: a small class with declared resources, ``setup()`` for models, and a per-clip call.
 
 A stage reads a :class:`~pipeline.item.Clip` (its shared analysis frames, its audio, the clip frames, earlier stages'
-scores in ``clip.meta``), writes its scores to ``clip.scores[<stage name>]`` and returns a drop reason or ``None``.
+scores in ``clip.meta``), writes its scores to ``clip.scores[<stage name>]`` and returns a drop reason or ``None``
+(``process``; ``process_batch`` does the same for several clips, in one batch where the stage can).
 With ``score_only: true`` the reason is recorded as a flag and the clip is kept. Extra shard members (``masks.npz``,
 ``ref_0.png``) go into ``clip.members``.
 
@@ -78,6 +79,11 @@ class Stage:
     def process(self, clip: Clip, item: SourceItem) -> str | None:
         """Score ``clip`` (write ``clip.scores[self.name]``); return a drop reason or ``None`` to keep it."""
         raise NotImplementedError
+
+    def process_batch(self, pairs: list[tuple[Clip, SourceItem]]) -> list[str | None]:
+        """:meth:`process` over several clips: a drop reason or ``None`` per clip. GPU stages override it to run one
+        batched forward pass (the caption stage generates for ``batch_size`` clips at once)."""
+        return [self.process(clip, item) for clip, item in pairs]
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def wants_gpu(self) -> bool:

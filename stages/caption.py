@@ -10,8 +10,8 @@ Backends:
   vLLM on a GPU where installed). The clip goes in as a video at ``video_fps`` with its timestamps (or as images
   labelled with their times), with Qwen's 3-D vision positions, and with what is known about the people (numbered
   left to right, their boxes, who speaks when, in the same seconds); clips are captioned in batches of
-  ``batch_size`` (left-padded). The model answers with a JSON object ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...]}``. The
-  answer is validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
+  ``batch_size`` (left-padded). The model answers with a JSON object
+  ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...]}``. The answer is validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
   and, if it stays malformed, recorded in ``clip.meta["caption_error"]`` and handled as ``on_failure`` says: drop the
   clip (``caption_invalid``) or fall back to the template (marked as such). It is never passed on.
 

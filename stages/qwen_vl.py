@@ -330,7 +330,9 @@ class QwenGenerator:
 class VllmGenerator:
     """Qwen-VL on vLLM (a CUDA GPU and the ``vllm`` package): the same requests and answers as
     :class:`QwenGenerator`, at cluster throughput. vLLM expands each vision placeholder and computes the pixels and
-    3-D positions itself; the frame rate of each video goes with it (``mm_processor_kwargs``)."""
+    3-D positions itself; the frame rate of each video goes with it (``mm_processor_kwargs``), following vLLM's
+    documented offline API for Qwen2.5-VL. This project's tests do not run it (no GPU and no vllm on the test
+    machines); only the engine choice and its messages are tested."""
 
     def __init__(self, model_dir: str, max_frames: int = 32, gpu_memory_utilization: float = 0.85,
                  max_model_len: int = 16384):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.caption import (CaptionConfig, CaptionFormatError, CaptionStage, caption_prompt, colour_names,
+from stages.caption import (CaptionConfig, CaptionFormatError, CaptionStage, colour_names,
                             has_keyword, parse_caption_answer)
 from stages.lipsync import LipSyncConfig, LipSyncStage
 from tests.stages.annotate_media import (  # noqa: F401
@@ -302,3 +302,25 @@ def test_the_vllm_engine_is_used_only_where_it_can_run():
             pick_engine("vllm")
     else:
         assert pick_engine("auto") == "vllm"
+
+
+def test_process_batch_captions_several_clips_in_one_generation(annotated_pair):
+    """Each clip gets its own answer; malformed ones are retried together, only they."""
+    from tests.stages.annotate_media import fresh
+
+    class Recording(Scripted):
+        def __init__(self, answers):
+            super().__init__(answers)
+            self.batches = []
+
+        def generate(self, requests, *a, **k):
+            self.batches.append(len(requests))
+            return super().generate(requests, *a, **k)
+
+    clips = [fresh(annotated_pair[0]) for _ in range(3)]
+    s = qwen_stage(batch_size=4)
+    s.model = Recording([GOOD, "not json", GOOD.replace("studio", "kitchen"), GOOD.replace("studio", "garden")])
+    assert s.process_batch([(c, None) for c in clips]) == [None, None, None]
+    assert s.model.batches == [3, 1]  # one call for the three clips, one retry for the malformed answer
+    assert [c.meta["caption"].split()[-1] for c in clips] == ["studio.", "garden.", "kitchen."]
+    assert [c.scores["caption"]["attempts"] for c in clips] == [1, 2, 1]

@@ -43,7 +43,7 @@ def test_detections_are_stored_for_later_stages(stage):
     stage.process(clip, item)
     det = json.loads(json.dumps(clip.meta["detections"]))  # JSON-serialisable as it is
     n = len(clip.analysis_frames())
-    assert det["fps"] == 5.0
+    assert det["fps"] == clip.meta["analysis"]["fps"]  # frame indices count analysis frames
     assert len(det["faces"]) == n and all(len(f) == 1 and len(f[0]) == 5 for f in det["faces"])
     assert det["face_tracks"][0]["id"] == 0 and det["face_tracks"][0]["frames"] == list(range(n))
     assert len(det["persons"]) == n and det["person_frames"] == []  # faces sufficed: no person detector ran
@@ -259,7 +259,8 @@ def test_a_detector_with_a_timm_backbone_is_refused_before_the_run_without_timm(
     from stages.human import needs_timm
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "timm" else real_find_spec(name, *a))
     d = tmp_path / "detr"
     d.mkdir()
     published = {"model_type": "detr", "backbone": "resnet50", "use_timm_backbone": True,

@@ -12,7 +12,7 @@ from stages.audio_vad import intersect, overlap, total
 from stages.base import WeightsError
 from stages.compose import clip_from_media
 from stages.lipsync import LipSyncConfig, LipSyncStage, route_speech
-from stages.syncnet import SyncNet, audio_span, load_syncnet, mfcc, score_track, sync_scores, track_runs
+from stages.syncnet import SyncNet, audio_span, load_syncnet, mfcc, sync_scores, track_runs
 from tests.stages.annotate_media import (  # noqa: F401
     AOC, FACE1, FACE2, _extracted, composed, extracted, one_torch_thread, weights_dir,
 )

@@ -4,7 +4,6 @@ lookup and upsampling are checked against direct computations, and a gpu test co
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -27,7 +26,8 @@ def test_talking_heads_pass(stage, name):
     for clip in item.clips:
         assert stage.process(clip, item) is None
         s = clip.scores["motion"]
-        assert 0.002 < s["motion"] < 0.5 and s["peak"] >= s["motion"] and s["pairs"] == 12
+        n = len(clip.analysis_frames())
+        assert s["peak"] >= s["motion"] > 0 and s["pairs"] == len(pair_indices(n, stage.config.max_pairs))
 
 
 def test_a_still_is_static(stage):
