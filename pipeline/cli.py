@@ -71,6 +71,80 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N samples (0: all)")
 
 
+WEIGHTS_HELP = """\
+List or check the local weights directories of the stages' production backends (nothing is downloaded).
+
+  interacthuman weights                                   # per stage and backend: the layout and its checkpoint
+  interacthuman weights check --weights quality=/w/one-align --weights masks=/w/gsam2
+
+check runs each stage's pre-run check on DIR, then compares every tensor name and shape stored in the checkpoint
+files (headers only; nothing is loaded) with the model the backend builds from DIR's config: nothing may be
+missing, unexpected or of another shape. Exit status 1 when any directory fails.
+"""
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list or check the production backends' weights directories",
+                       description=WEIGHTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    p.add_argument("--weights", action="append", default=[], metavar="STAGE=DIR",
+                   help="check: a stage's weights directory (repeatable)")
+    p.add_argument("--backend", action="append", default=[], metavar="STAGE=BACKEND",
+                   help="check: the production backend when a stage has several")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _weights(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from stages.weights import check_dir, layouts
+
+    if args.action == "list":
+        rows = layouts()
+        if args.json:
+            print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+            return 0
+        for r in rows:
+            print(f"{r.stage} / {r.backend}: {r.published}")
+            print(f"    --weights {r.stage}=DIR with: {', '.join(e.replace('|', ' or ') for e in r.expected)}")
+            print(f"    {r.hint}")
+        return 0
+    if not args.weights:
+        print("error: weights check needs --weights STAGE=DIR", file=sys.stderr)
+        return 2
+    backends = {}
+    for b in args.backend:
+        stage, sep, name = b.partition("=")
+        if not sep:
+            print(f"error: --backend {b}: expected STAGE=BACKEND", file=sys.stderr)
+            return 2
+        backends[stage] = name
+    results = []
+    for w in args.weights:
+        stage, sep, d = w.partition("=")
+        if not sep or not stage or not d:
+            print(f"error: --weights {w}: expected STAGE=DIR", file=sys.stderr)
+            return 2
+        try:
+            results.append(check_dir(stage, d, backends.get(stage)))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # noqa: BLE001 - an unknown stage name (RecipeError) and the like
+            print(f"error: --weights {w}: {e}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps([{**dataclasses.asdict(r), "ok": r.ok} for r in results], indent=2))
+    else:
+        for r in results:
+            print(f"{'ok' if r.ok else 'FAILED'}  {r.stage} / {r.backend}: {r.directory}")
+            if r.error:
+                print(f"    {r.error}")
+            for rep in r.reports:
+                print(f"    {rep.summary()}")
+    return 0 if all(r.ok for r in results) else 1
+
+
 TRAIN_HELP = """\
 Train the InterActHuman model on curated shards (see model/train.py for the recipe fields).
 
@@ -261,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     _add_sample(sub)
     _add_evaluate(sub)
+    _add_weights(sub)
     args = parser.parse_args(argv)
     if args.command == "curate":
         return _curate(args)
@@ -276,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sample(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "weights":
+        return _weights(args)
     if args.command == "inspect":
         from pipeline.inspect import inspect_run
 

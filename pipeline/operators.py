@@ -365,7 +365,7 @@ def stage_batch(op: StageGroupOp, stage: Any, units: list[SourceItem]) -> None:
         u.stat(stage.name).items_in += 1
     t_cpu, t_wall = time.process_time(), time.perf_counter()
     try:
-        reasons = stage.process_batch([c for c, _ in pairs], [u for _, u in pairs])
+        reasons = stage.process_batch(pairs)
     except Exception as e:  # noqa: BLE001 - the whole batch failed: each unit fails (and is retried alone)
         for u in units:
             u.stat(stage.name).failures += 1

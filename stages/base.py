@@ -1,7 +1,8 @@
 """The stage contract: a small class with declared resources, ``setup()`` for models, and a per-clip call.
 
 A stage reads a :class:`~pipeline.item.Clip` (its shared analysis frames, its audio, the clip frames, earlier stages'
-scores in ``clip.meta``), writes its scores to ``clip.scores[<stage name>]`` and returns a drop reason or ``None``.
+scores in ``clip.meta``), writes its scores to ``clip.scores[<stage name>]`` and returns a drop reason or ``None``
+(``process``; ``process_batch`` does the same for several clips, in one batch where the stage can).
 With ``score_only: true`` the reason is recorded as a flag and the clip is kept. Extra shard members (``masks.npz``,
 ``ref_0.png``) go into ``clip.members``.
 
@@ -64,7 +65,8 @@ class Stage:
     reads_clip_frames: ClassVar[bool] = False
     # Stages that must run before this one when the recipe has them (their scores are this stage's inputs).
     after: ClassVar[tuple[str, ...]] = ()
-    # Production backends' local weights: backend -> (files expected in the directory (globs), what to put there).
+    # Production backends' local weights: backend -> (files expected in the directory (globs; "a|b" means either),
+    # what to put there).
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {}
 
     def __init__(self, config: StageConfig):
@@ -89,10 +91,11 @@ class Stage:
         """Score ``clip`` (write ``clip.scores[self.name]``); return a drop reason or ``None`` to keep it."""
         raise NotImplementedError
 
-    def process_batch(self, clips: list[Clip], items: list[SourceItem]) -> list[str | None]:
-        """Score several clips at once (``items[i]`` holds ``clips[i]``); a batched backend overrides this. Called
-        when ``batch_size`` > 1 (a GPU stage's batch); one exception fails every unit of the batch."""
-        return [self.process(c, it) for c, it in zip(clips, items)]
+    def process_batch(self, pairs: list[tuple[Clip, SourceItem]]) -> list[str | None]:
+        """:meth:`process` over several clips: a drop reason or ``None`` per clip. Called when ``batch_size`` > 1
+        (a GPU stage's batch); GPU stages override it to run one batched forward pass (the caption stage generates
+        for ``batch_size`` clips at once). One exception fails every unit of the batch."""
+        return [self.process(clip, item) for clip, item in pairs]
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def wants_gpu(self) -> bool:
@@ -104,20 +107,21 @@ class Stage:
         return self.require_weights(expected, hint)
 
     def require_weights(self, expected: list[str], hint: str) -> Path:
-        """The production weights directory, checked for ``expected`` files (glob patterns allowed)."""
+        """The production weights directory, checked for ``expected`` files (glob patterns; ``a|b``: either)."""
         field = f"stages.{self.name}.weights"
+        listed = ", ".join(e.replace("|", " or ") for e in expected)
         if not self.config.weights:
             raise WeightsError(
                 f"stage '{self.name}' backend '{self.config.backend}' needs local weights: set {field} in the recipe "
-                f"or pass --weights {self.name}=DIR. Expected in DIR: {', '.join(expected)}. {hint}"
+                f"or pass --weights {self.name}=DIR. Expected in DIR: {listed}. {hint}"
             )
         d = Path(self.config.weights).expanduser()
         if not d.is_dir():
             raise WeightsError(
                 f"stage '{self.name}': weights directory {d} ({field}) does not exist. "
-                f"Expected in it: {', '.join(expected)}. {hint}"
+                f"Expected in it: {listed}. {hint}"
             )
-        missing = [e for e in expected if not any(d.glob(e))]
+        missing = [e.replace("|", " or ") for e in expected if not any(any(d.glob(alt)) for alt in e.split("|"))]
         if missing:
             raise WeightsError(
                 f"stage '{self.name}': weights directory {d} ({field}) lacks {', '.join(missing)}. {hint}"

@@ -6,10 +6,12 @@ Backends:
   and where, shot size (from face size), a clothing colour per person when one colour clearly dominates below the
   face, and who speaks when (from the lip-sync stage). It is marked ``caption_source: template``; it says nothing
   the pipeline did not measure.
-* ``qwen_vl``: Qwen2.5-VL or Qwen2-VL through transformers, from a local snapshot directory. A few frames of the
-  clip and what is known about the people (numbered left to right, their boxes, who speaks when) go into one prompt;
-  the model answers with a JSON object ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...]}``. The
-  answer is validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
+* ``qwen_vl``: Qwen2.5-VL or Qwen2-VL from a local snapshot directory (:mod:`stages.qwen_vl`: transformers, or
+  vLLM on a GPU where installed). The clip goes in as a video at ``video_fps`` with its timestamps (or as images
+  labelled with their times), with Qwen's 3-D vision positions, and with what is known about the people (numbered
+  left to right, their boxes, who speaks when, in the same seconds); clips are captioned in batches of
+  ``batch_size`` (left-padded). The model answers with a JSON object
+  ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...]}``. The answer is validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
   and, if it stays malformed, recorded in ``clip.meta["caption_error"]`` and handled as ``on_failure`` says: drop the
   clip (``caption_invalid``) or fall back to the template (marked as such). It is never passed on.
 
@@ -42,9 +44,13 @@ HUMAN_KEYWORDS = ["person", "people", "man", "men", "woman", "women", "boy", "gi
 class CaptionConfig(StageConfig, IdentityFields):
     keywords: list[str] = field(default_factory=lambda: list(HUMAN_KEYWORDS))  # the paper's human keyword rule
     keyword_rule: bool = True  # drop (no_human_keyword) captions that contain none of the keywords
-    frames: int = 4  # qwen_vl: frames of the clip shown to the model
+    visual: str = "video"  # qwen_vl: video (frames as one video with timestamps) | images (each labelled with its time)
+    video_fps: float = 2.0  # qwen_vl: frames a second shown to the model (Qwen's own video default)
+    frames: int = 16  # qwen_vl: at most this many frames (long clips are sampled more sparsely)
     image_side: int = 448  # qwen_vl: long side of each frame given to the model (pixels)
-    max_new_tokens: int = 384  # qwen_vl
+    max_new_tokens: int = 1024  # qwen_vl: room for a dense paragraph and one phrase per identity in JSON
+    batch_size: int = 4  # qwen_vl: clips per generate call (left-padded)
+    engine: str = "auto"  # qwen_vl: auto (vllm where installed and a GPU is present) | transformers | vllm
     max_retries: int = 2  # qwen_vl: new answers asked for after a malformed one
     temperature: float = 0.7  # qwen_vl: sampling temperature of the retries (the first answer is greedy)
     on_failure: str = "drop"  # qwen_vl: drop | template, when every answer is malformed
@@ -55,8 +61,16 @@ class CaptionConfig(StageConfig, IdentityFields):
         self.validate_identity_fields(where)
         if self.on_failure not in ("drop", "template"):
             raise RecipeError(f"{where}.on_failure: must be one of drop, template, got {self.on_failure!r}")
-        if not 1 <= self.frames <= 32:
-            raise RecipeError(f"{where}.frames: must be between 1 and 32, got {self.frames}")
+        if not 1 <= self.frames <= 64:
+            raise RecipeError(f"{where}.frames: must be between 1 and 64, got {self.frames}")
+        if self.visual not in ("video", "images"):
+            raise RecipeError(f"{where}.visual: must be one of video, images, got {self.visual!r}")
+        if not 0.1 <= self.video_fps <= 10.0:
+            raise RecipeError(f"{where}.video_fps: must be between 0.1 and 10, got {self.video_fps}")
+        if not 1 <= self.batch_size <= 64:
+            raise RecipeError(f"{where}.batch_size: must be between 1 and 64, got {self.batch_size}")
+        if self.engine not in ("auto", "transformers", "vllm"):
+            raise RecipeError(f"{where}.engine: must be one of auto, transformers, vllm, got {self.engine!r}")
         if not 28 <= self.image_side <= 2048:
             raise RecipeError(f"{where}.image_side: must be between 28 and 2048, got {self.image_side}")
         if not 16 <= self.max_new_tokens <= 4096:
@@ -243,9 +257,12 @@ def parse_caption_answer(text: str, n_identities: int) -> dict[str, Any]:
     return {"caption": cap.strip(), "phrases": [phrases[i] for i in range(n_identities)]}
 
 
-def caption_prompt(clip: Clip, identities: list[dict[str, Any]], n_frames: int) -> str:
+def caption_prompt(clip: Clip, identities: list[dict[str, Any]], visual_note: str) -> str:
+    """The captioning prompt: how the frames map to seconds (``visual_note``, :func:`stages.qwen_vl.visual_note`),
+    the people numbered left to right with their face boxes and speaking times (seconds from the clip start), the
+    task and the JSON answer format."""
     n = len(identities)
-    lines = [f"These are {n_frames} frames, in order, from a {clip.duration:.1f}-second video clip."]
+    lines = [visual_note]
     if n:
         lines.append(f"The clip shows {n} {'person' if n == 1 else 'people'}, numbered from left to right:")
         for ident in identities:
@@ -270,63 +287,6 @@ def caption_prompt(clip: Clip, identities: list[dict[str, Any]], n_frames: int) 
     return "\n".join(lines)
 
 
-class QwenCaptioner:
-    """Qwen2.5-VL / Qwen2-VL from a local snapshot directory (the model class follows its config's model_type).
-
-    The prompt is built in the Qwen chat format with the snapshot's tokenizer and image processor directly (each
-    ``<|image_pad|>`` expanded to the image's merged patch count, as the Qwen processor does), so no video processor
-    (which needs torchvision) is loaded.
-    """
-
-    SYSTEM = "You are a helpful assistant."
-
-    def __init__(self, model_dir: str, device: str | None = None):
-        import torch
-        from transformers import (AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration,
-                                  Qwen2VLForConditionalGeneration)
-
-        cfg = AutoConfig.from_pretrained(model_dir)
-        classes = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
-        if cfg.model_type not in classes:
-            raise ValueError(f"{model_dir}: model_type {cfg.model_type!r} is not Qwen2-VL or Qwen2.5-VL")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
-        self.model = classes[cfg.model_type].from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
-        self.eos = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-
-    def inputs(self, images: list[np.ndarray], prompt: str) -> dict[str, Any]:
-        """Model inputs: ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``."""
-        from PIL import Image
-
-        vis = self.image_processor(images=[Image.fromarray(im) for im in images], return_tensors="pt")
-        merge = int(getattr(self.image_processor, "merge_size", 2)) ** 2
-        pads = "".join("<|vision_start|>" + "<|image_pad|>" * int(thw.prod() // merge) + "<|vision_end|>"
-                       for thw in vis["image_grid_thw"])
-        text = (f"<|im_start|>system\n{self.SYSTEM}<|im_end|>\n<|im_start|>user\n{pads}{prompt}<|im_end|>\n"
-                "<|im_start|>assistant\n")
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        return {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
-                "pixel_values": vis["pixel_values"], "image_grid_thw": vis["image_grid_thw"]}
-
-    def __call__(self, images: list[np.ndarray], prompt: str, max_new_tokens: int, sample: bool = False,
-                 temperature: float = 0.7, seed: int = 0) -> str:
-        import torch
-
-        inputs = {k: v.to(self.device) for k, v in self.inputs(images, prompt).items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample, "eos_token_id": self.eos,
-                               "pad_token_id": self.eos[-1]}
-        if sample:
-            gen["temperature"] = temperature
-            torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **gen)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)[0]
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------------------------
@@ -340,89 +300,139 @@ class CaptionStage(Stage):
     gpu_backends = ("qwen_vl",)
     after = ("lipsync",)  # the template caption and the prompt use the speaking intervals
     weights_layout = {"qwen_vl": (
-        ["config.json", "preprocessor_config.json", "tokenizer*"],
+        ["config.json", "preprocessor_config.json", "tokenizer*", "*.safetensors"],
         "Use a Qwen2.5-VL or Qwen2-VL snapshot directory (e.g. Qwen/Qwen2.5-VL-7B-Instruct).",
     )}
 
     def __init__(self, config: CaptionConfig):
         super().__init__(config)
         self.config: CaptionConfig = config
-        self.model: QwenCaptioner | None = None
+        self.model: Any = None  # stages.qwen_vl.QwenGenerator or VllmGenerator
+
+    def check(self) -> None:
+        super().check()
+        if self.config.backend == "qwen_vl":
+            from stages.qwen_vl import pick_engine
+
+            pick_engine(self.config.engine)
 
     def setup(self) -> None:
         if self.config.backend == "qwen_vl":
-            d = self.weights_dir()
-            self.model = QwenCaptioner(str(d))
+            from stages.qwen_vl import QwenGenerator, VllmGenerator, pick_engine
 
+            d = str(self.weights_dir())
+            if pick_engine(self.config.engine) == "vllm":
+                self.model = VllmGenerator(d, max_frames=self.config.frames)
+            else:
+                self.model = QwenGenerator(d)
 
     def process(self, clip: Clip, item: SourceItem | None = None) -> str | None:
-        cfg = self.config
-        ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities)
-        frames = clip.analysis_frames()
-        afps = float(clip.meta["analysis"]["fps"])
-        colours = [clothing_colour(frames, ident, afps) for ident in ids]
-        scores: dict[str, Any] = {"backend": cfg.backend}
-        clip.scores[self.name] = scores
-        if cfg.backend == "qwen_vl":
-            reason = self._qwen(clip, ids, frames, colours, scores)
-            if reason is not None:
-                return reason
-        else:
-            caption, phrases = template_caption(clip, ids, colours)
-            clip.meta["caption"] = caption
-            clip.meta["caption_source"] = "template"
-            for ident, p in zip(ids, phrases):
-                ident["phrase"] = p
-        scores["words"] = len(clip.meta["caption"].split())
-        if cfg.keyword_rule:
-            ok = has_keyword(clip.meta["caption"], cfg.keywords)
-            scores["human_keyword"] = ok
-            if not ok:
-                return "no_human_keyword"
-        return None
+        return self.process_batch([(clip, item)])[0]
 
-    def _qwen(self, clip: Clip, ids: list[dict[str, Any]], frames: np.ndarray, colours: list[str | None],
-              scores: dict[str, Any]) -> str | None:
+    def process_batch(self, pairs: list[tuple[Clip, SourceItem | None]]) -> list[str | None]:
+        """Caption several clips at once (one batched generation per attempt with the qwen_vl backend); a drop
+        reason or None per clip, as :meth:`process` returns."""
+        cfg = self.config
+        todo = []
+        for clip, _ in pairs:
+            ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities)
+            frames = clip.analysis_frames()
+            afps = float(clip.meta["analysis"]["fps"])
+            colours = [clothing_colour(frames, ident, afps) for ident in ids]
+            clip.scores[self.name] = {"backend": cfg.backend}
+            todo.append((clip, ids, colours))
+        reasons: list[str | None] = [None] * len(todo)
+        if cfg.backend == "qwen_vl":
+            assert self.model is not None, "setup() was not called"
+            for s in range(0, len(todo), cfg.batch_size):
+                chunk = todo[s:s + cfg.batch_size]
+                for k, r in enumerate(self._qwen(chunk)):
+                    reasons[s + k] = r
+        else:
+            for clip, ids, colours in todo:
+                self._template(clip, ids, colours)
+        for k, (clip, _, _) in enumerate(todo):
+            if reasons[k] is not None:
+                continue
+            scores = clip.scores[self.name]
+            scores["words"] = len(clip.meta["caption"].split())
+            if cfg.keyword_rule:
+                ok = has_keyword(clip.meta["caption"], cfg.keywords)
+                scores["human_keyword"] = ok
+                if not ok:
+                    reasons[k] = "no_human_keyword"
+        return reasons
+
+    @staticmethod
+    def _template(clip: Clip, ids: list[dict[str, Any]], colours: list[str | None]) -> None:
+        caption, phrases = template_caption(clip, ids, colours)
+        clip.meta["caption"] = caption
+        clip.meta["caption_source"] = "template"
+        for ident, p in zip(ids, phrases):
+            ident["phrase"] = p
+
+    def request(self, clip: Clip, ids: list[dict[str, Any]]) -> Any:
+        """The Qwen-VL request of a clip: its frames at ``video_fps`` (at most ``frames``), their times, the prompt."""
         import cv2
 
+        from stages.qwen_vl import QwenRequest, sample_frames, visual_note
+
         cfg = self.config
-        assert self.model is not None, "setup() was not called"
-        picks = np.linspace(0, len(frames) - 1, min(cfg.frames, len(frames))).round().astype(int)
+        frames = clip.analysis_frames()
+        afps = float(clip.meta["analysis"]["fps"])
+        picks = sample_frames(len(frames), afps, cfg.video_fps, cfg.frames)
         images = []
         for k in picks:
             f = frames[k]
-            s = cfg.image_side / max(f.shape[:2])
-            images.append(cv2.resize(f, (max(28, int(f.shape[1] * s)), max(28, int(f.shape[0] * s))),
-                                     interpolation=cv2.INTER_AREA) if s < 1 else f)
-        prompt = caption_prompt(clip, ids, len(images))
-        errors = []
-        parsed = None
+            sc = cfg.image_side / max(f.shape[:2])
+            images.append(cv2.resize(f, (max(28, int(f.shape[1] * sc)), max(28, int(f.shape[0] * sc))),
+                                     interpolation=cv2.INTER_AREA) if sc < 1 else f)
+        req = QwenRequest(prompt="", frames=images, times=[k / afps for k in picks], visual=cfg.visual)
+        req.prompt = caption_prompt(clip, ids, visual_note(req, clip.duration))
+        return req
+
+    def _qwen(self, chunk: list[tuple[Clip, list[dict[str, Any]], list[str | None]]]) -> list[str | None]:
+        import dataclasses
+
+        cfg = self.config
+        base = [self.request(clip, ids) for clip, ids, _ in chunk]
+        errors: list[list[str]] = [[] for _ in chunk]
+        parsed: list[dict[str, Any] | None] = [None] * len(chunk)
         for attempt in range(cfg.max_retries + 1):
-            p = prompt if not errors else (
-                prompt + f"\nYour previous answer was not usable ({errors[-1]}). Reply with only the JSON object.")
-            answer = self.model(images, p, cfg.max_new_tokens, sample=attempt > 0, temperature=cfg.temperature,
-                                seed=attempt)
-            try:
-                parsed = parse_caption_answer(answer, len(ids))
+            todo = [k for k in range(len(chunk)) if parsed[k] is None]
+            if not todo:
                 break
-            except CaptionFormatError as e:
-                errors.append(str(e))
-        scores["attempts"] = len(errors) + (1 if parsed else 0)
-        if parsed is None:
-            clip.meta["caption_error"] = {"attempts": len(errors), "errors": errors}
-            if cfg.on_failure == "drop":
-                return "caption_invalid"
-            caption, phrases = template_caption(clip, ids, colours)
-            clip.meta["caption"] = caption
-            clip.meta["caption_source"] = "template"
-            for ident, ph in zip(ids, phrases):
+            reqs = [base[k] if not errors[k] else dataclasses.replace(
+                base[k], prompt=base[k].prompt + f"\nYour previous answer was not usable ({errors[k][-1]}). "
+                                                 "Reply with only the JSON object.") for k in todo]
+            answers = self.model.generate(reqs, cfg.max_new_tokens, sample=attempt > 0, temperature=cfg.temperature,
+                                          seed=attempt)
+            for k, ans in zip(todo, answers):
+                try:
+                    parsed[k] = parse_caption_answer(ans.text, len(chunk[k][1]))
+                except CaptionFormatError as e:
+                    msg = str(e)
+                    if ans.truncated:
+                        msg += (f" (the answer was cut at max_new_tokens={cfg.max_new_tokens}: raise "
+                                f"stages.caption.max_new_tokens)")
+                    errors[k].append(msg)
+        out: list[str | None] = []
+        for (clip, ids, colours), p, errs in zip(chunk, parsed, errors):
+            clip.scores[self.name]["attempts"] = len(errs) + (1 if p else 0)
+            if p is None:
+                clip.meta["caption_error"] = {"attempts": len(errs), "errors": errs}
+                if cfg.on_failure == "drop":
+                    out.append("caption_invalid")
+                    continue
+                self._template(clip, ids, colours)
+                out.append(None)
+                continue
+            clip.meta["caption"] = p["caption"]
+            clip.meta["caption_source"] = f"qwen_vl:{_dir_name(cfg.weights)}"
+            for ident, ph in zip(ids, p["phrases"]):
                 ident["phrase"] = ph
-            return None
-        clip.meta["caption"] = parsed["caption"]
-        clip.meta["caption_source"] = f"qwen_vl:{_dir_name(cfg.weights)}"
-        for ident, ph in zip(ids, parsed["phrases"]):
-            ident["phrase"] = ph
-        return None
+            out.append(None)
+        return out
 
 
 def _dir_name(path: str | None) -> str:

@@ -113,7 +113,9 @@ class HumanStage(Stage):
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"detector": (
         ["config.json", "*.safetensors", "preprocessor_config.json"],
         "A transformers object-detection checkpoint with a 'person' label in config.json's id2label "
-        "(e.g. a local snapshot of PekingU/rtdetr_v2_r50vd or facebook/detr-resnet-50).",
+        "(e.g. a local snapshot of PekingU/rtdetr_v2_r50vd). Checkpoints with a timm backbone (DETR, "
+        "Conditional DETR, Deformable DETR such as facebook/detr-resnet-50) also need: pip install "
+        "'interacthuman[timm]'.",
     )}
     PERSON_LABELS: ClassVar[tuple[str, ...]] = ("person", "people", "human", "pedestrian")
 
@@ -122,6 +124,11 @@ class HumanStage(Stage):
         self.config: HumanConfig = config
         self.faces: FaceDetector | None = None
         self.persons: Any = None  # _HogPoseCounter or PersonDetector
+
+    def check(self) -> None:
+        super().check()
+        if self.config.backend == "detector":
+            require_timm_if_needed(self.weights_dir())
 
     def setup(self) -> None:
         c = self.config
@@ -277,6 +284,39 @@ class _HogPoseCounter:
                     b = empty_boxes()
             out.append(np.clip(b, 0.0, None).astype(np.float32))
         return out
+
+
+def needs_timm(config: Any) -> bool:
+    """Whether a detector's config.json (a dict) builds its backbone with timm: ``use_timm_backbone`` (DETR and its
+    relatives; true unless the file says otherwise) or a ``timm_backbone`` backbone config."""
+    if isinstance(config, dict):
+        if config.get("model_type") == "timm_backbone":
+            return True
+        if config.get("backbone") and config.get("use_timm_backbone", config.get("backbone_config") is None) is True:
+            return True
+        return any(needs_timm(v) for v in config.values())
+    if isinstance(config, list):
+        return any(needs_timm(v) for v in config)
+    return False
+
+
+def require_timm_if_needed(weights_dir: Any) -> None:
+    """Fail before the run, naming the package, when the checkpoint's backbone needs timm and it is missing."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from stages.base import StageError, WeightsError
+
+    f = Path(weights_dir) / "config.json"
+    try:
+        config = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"stage 'human': {f} is not a readable config.json: {e}") from None
+    if needs_timm(config) and importlib.util.find_spec("timm") is None:
+        raise StageError(f"stage 'human' backend 'detector': {f} builds its backbone with timm "
+                         f"(model_type {config.get('model_type')!r}), which is not installed: "
+                         f"pip install 'interacthuman[timm]' (the package timm)")
 
 
 class PersonDetector:

@@ -341,7 +341,9 @@ class LipSyncStage(Stage):
 
     def _syncnet(self, clip: Clip, ids: list[dict[str, Any]]
                  ) -> tuple[np.ndarray, float, np.ndarray, list[dict[str, Any]]]:
-        from stages.syncnet import CROP, VIDEO_FPS, crop_face, face_crop_box, sync_scores
+        """SyncNet per identity, as the release scores a video: each continuous face track (a run of 25 fps frames
+        where the face is known) with the audio of its own time span; frames without the face are not scored."""
+        from stages.syncnet import CROP, VIDEO_FPS, combine_tracks, crop_face, face_crop_box, score_track, track_runs
 
         cfg = self.config
         fps = float(clip.meta["clip"]["fps"])
@@ -351,29 +353,43 @@ class LipSyncStage(Stage):
         times = np.arange(n25) / VIDEO_FPS
         src = np.minimum(n_frames - 1, np.round(times * fps).astype(int))
         boxes = [boxes_at(ident, times)[0] for ident in ids]
-        crops = [np.zeros((n25, CROP, CROP, 3), np.uint8) for _ in ids]
-        known = [np.zeros(n25, bool) for _ in ids]
+        known = [~np.isnan(b).any(axis=1) for b in boxes]
+        runs = [track_runs(k) for k in known]
+        # Crops only where a track will be scored (one 224 x 224 crop per such frame and identity).
+        scored = [np.zeros(n25, bool) for _ in ids]
+        for k, rk in enumerate(runs):
+            for a, b in rk:
+                scored[k][a:b] = True
+        crops = [np.zeros((int(m.sum()), CROP, CROP, 3), np.uint8) for m in scored]
+        slot = [np.cumsum(m) - 1 for m in scored]
         want: dict[int, list[int]] = {}
-        for j, s in enumerate(src):
-            want.setdefault(int(s), []).append(j)
+        for j, s_ in enumerate(src):
+            if any(m[j] for m in scored):
+                want.setdefault(int(s_), []).append(j)
         for i, frame in iter_clip_frames(clip, sorted(want)):
             h, w = frame.shape[:2]
             for j in want.get(i, []):
                 for k in range(len(ids)):
-                    b = boxes[k][j]
-                    if np.isnan(b).any():
-                        continue
-                    crops[k][j] = crop_face(frame, face_crop_box(b, w, h), CROP)
-                    known[k][j] = True
+                    if scored[k][j]:
+                        crops[k][slot[k][j]] = crop_face(frame, face_crop_box(boxes[k][j], w, h), CROP)
         activity = np.full((len(ids), n25), np.nan)
         per_id = []
         audio = clip.audio()
         for k in range(len(ids)):
-            r = sync_scores(self.net, crops[k], audio, vshift=cfg.vshift, batch_size=cfg.batch_size)
-            conf = np.asarray(r["frame_conf"], dtype=np.float64)
-            activity[k] = np.where(known[k], conf, np.nan)
-            per_id.append({"id": k, "offset": int(r["offset"]), "sync_c": round(float(r["sync_c"]), 3),
-                           "sync_d": round(float(r["sync_d"]), 3), "measured": round(float(known[k].mean()), 3)})
+            tracks, raw = [], []
+            for a, b in runs[k]:
+                r = score_track(self.net, crops[k][slot[k][a]:slot[k][b - 1] + 1], audio, start_frame=a,
+                                vshift=cfg.vshift, batch_size=cfg.batch_size)
+                conf = np.asarray(r["frame_conf"], dtype=np.float64)[: b - a]
+                activity[k, a:a + len(conf)] = conf if int(r["windows"]) else np.nan
+                raw.append(r)
+                tracks.append({"start_s": round(a / VIDEO_FPS, 3), "end_s": round(b / VIDEO_FPS, 3),
+                               "offset": int(r["offset"]), "sync_c": round(float(r["sync_c"]), 3),
+                               "sync_d": round(float(r["sync_d"]), 3), "windows": int(r["windows"])})
+            summary = combine_tracks(raw)
+            per_id.append({"id": k, "offset": int(summary["offset"]), "sync_c": round(float(summary["sync_c"]), 3),
+                           "sync_d": round(float(summary["sync_d"]), 3), "measured": round(float(known[k].mean()), 3),
+                           "tracks": tracks})
         smooth = nan_smooth(activity, max(1, int(round(cfg.window_s * VIDEO_FPS))))
         return times, 1.0 / VIDEO_FPS, smooth, per_id
 

@@ -12,9 +12,9 @@ spread over the clip are measured; the clip's ``motion`` is their median and ``p
 
 Backends: ``embedded`` is OpenCV's DIS optical flow (``DISOpticalFlow`` with the ``preset``, on grey frames scaled
 so the short side is ``flow_short_side``), with phase correlation for global shifts too large for DIS (measured:
-DIS follows a pan of 80 pixels between two 360p looks, a third of the frame defeats it); ``raft`` is
-torchvision's RAFT (``raft_large`` or ``raft_small``) with weights from a local file. torchvision is not in the
-default install; it is in the ``gpu`` extra (``pip install interacthuman[gpu]``).
+DIS follows a pan of 80 pixels between two 360p looks, a third of the frame defeats it); ``raft`` is RAFT
+(``raft_large`` or ``raft_small``, :mod:`stages.raft`, torchvision's architecture and parameter names written here,
+so no torchvision is needed) with torchvision's published weights from a local file, loaded strictly.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.item import Clip, SourceItem
-from stages.base import Stage, StageConfig, StageError
+from stages.base import Stage, StageConfig
 
 
 @dataclass
@@ -64,9 +64,6 @@ class MotionConfig(StageConfig):
             raise RecipeError(f"{where}.device: must be one of auto, cpu, cuda, got {self.device!r}")
 
 
-TORCHVISION_HINT = "pip install interacthuman[gpu] (the package torchvision)"
-
-
 class MotionStage(Stage):
     """Optical-flow magnitude between consecutive analysis frames; drop static and over-moving clips."""
 
@@ -75,7 +72,7 @@ class MotionStage(Stage):
     backends: ClassVar[tuple[str, ...]] = ("embedded", "raft")
     requires: ClassVar[dict[str, dict[str, str]]] = {
         "embedded": {"cv2": "opencv-python"},
-        "raft": {"torchvision": "interacthuman[gpu] (the package torchvision)", "torch": "torch"},
+        "raft": {"torch": "torch"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("raft",)
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"raft": (
@@ -98,11 +95,6 @@ class MotionStage(Stage):
     def setup(self) -> None:
         c = self.config
         if c.backend == "raft":
-            import importlib.util
-
-            if importlib.util.find_spec("torchvision") is None:
-                raise StageError(f"stage 'motion' backend 'raft' needs torchvision, which the default install leaves "
-                                 f"out: {TORCHVISION_HINT}")
             self.flow = RaftFlow(self._weights_file(), c.model, c.raft_iters, c.batch_size, c.device)
         else:
             self.flow = DisFlow(c.preset, c.flow_short_side)
@@ -183,19 +175,18 @@ class DisFlow:
 
 
 class RaftFlow:
-    """torchvision RAFT from a local state dict. Returns mean magnitude / short side per pair."""
+    """RAFT (:mod:`stages.raft`) with torchvision's weights from a local file. Returns mean magnitude / short side
+    per pair."""
 
     def __init__(self, weights: Path, model: str = "raft_large", iters: int = 12, batch_size: int = 4,
                  device: str = "auto"):
         import torch
-        from torchvision.models import optical_flow
+
+        from stages.raft import load_raft
 
         self.torch = torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        net = getattr(optical_flow, model)(weights=None, progress=False)
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        self.net = net.to(self.device).eval()
+        self.net = load_raft(weights, model).to(self.device)
         self.iters = iters
         self.batch_size = batch_size
 
@@ -203,7 +194,8 @@ class RaftFlow:
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
+        # RAFT needs sides divisible by 8 and at least 128 (its pyramid's coarsest level keeps two cells)
+        ph, pw = max(128, h + (-h) % 8) - h, max(128, w + (-w) % 8) - w
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
         return x.to(self.device)

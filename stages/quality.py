@@ -27,21 +27,13 @@ The paper scores clips with Q-Align (appendix E) and keeps the well-rated ones. 
   sharpness 0.096 to 0.30 (0.040 to 0.052 after a blur of sigma 1.5), noise 0.3 to 2.4 (11 to 13 with added noise
   of sigma 20), brightness 0.10 to 0.70 (below 0.025 darkened to a twentieth), contrast 0.06 to 0.33, blockiness
   1.07 to 1.28 where measurable.
-* ``qalign``: Q-Align's scoring rule on a transformers vision-language model from a local directory. Each sampled
-  frame is asked "How would you rate the quality of this image?" and "... the aesthetics of this image?"; the
-  model's next-token logits for "excellent, good, fair, poor, bad" after "The quality of the image is" are
-  softmaxed and weighted 1, 0.75, 0.5, 0.25, 0. The clip's score is the mean over frames, in 0..1 (Q-Align's
-  1..5 scale is ``1 + 4 * score``). Drop reasons ``low_quality`` and ``low_aesthetic``.
-
-  The official ``q-future/one-align`` is an mPLUG-Owl2 model with remote code that plain transformers classes
-  cannot load. This backend loads any checkpoint that ``AutoProcessor`` and ``AutoModelForImageTextToText``
-  load (LLaVA, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3...), for example a Q-Align model converted to
-  LLaVA layout, or a general vision-language model used zero-shot with the same prompt. Expected in the directory:
-  ``config.json``, ``*.safetensors``, the tokenizer (``tokenizer.json`` or ``tokenizer.model`` with
-  ``tokenizer_config.json``) and the processor config (``processor_config.json`` or
-  ``preprocessor_config.json``). The prompt uses the processor's chat template when it has one, else the
-  LLaVA-1.5 form ``USER: <image>\\n{question} ASSISTANT: {answer prefix}``. Each level word must begin with a
-  token of its own after the answer prefix (checked at load time).
+* ``qalign``: Q-Align (Wu et al. 2023) as published: the ``q-future/one-align`` checkpoint (mPLUG-Owl2,
+  implemented in :mod:`stages.qalign` and loaded strictly) scores each sampled frame for quality and for aesthetics
+  with the official rule: the softmax over the next-token logits of "excellent, good, fair, poor, bad" after the
+  reference prompt, as the weighted mean of 5, 4, 3, 2, 1. The clip's score is the mean over frames, 1..5 (higher
+  is better). Drop reasons ``low_quality`` and ``low_aesthetic``. Weights: a local snapshot of one-align
+  (``config.json``, ``tokenizer.model``, ``pytorch_model*.bin`` or ``*.safetensors``). Needs ``sentencepiece``
+  (``pip install 'interacthuman[qalign]'``).
 """
 
 from __future__ import annotations
@@ -66,9 +58,9 @@ class QualityConfig(StageConfig):
     min_sharpness: float = 0.07  # edge acuity (abs Laplacian / gradient at the strongest edges)
     max_noise: float = 8.0  # Immerkaer sigma in grey levels
     max_blockiness: float = 1.5  # 8x8 edge / inside gradient ratio (where measurable)
-    # qalign backend (scores 0..1; Q-Align's 1..5 MOS = 1 + 4 * score)
-    min_quality: float = 0.4
-    min_aesthetic: float = 0.25
+    # qalign backend (Q-Align's scores, 1..5)
+    min_quality: float = 2.6
+    min_aesthetic: float = 2.0
     batch_size: int = 4  # frames per forward pass
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
@@ -80,10 +72,14 @@ class QualityConfig(StageConfig):
             raise RecipeError(f"{where}.sample_frames: must be >= 1, got {self.sample_frames}")
         if self.min_resolution < 0:
             raise RecipeError(f"{where}.min_resolution: must be >= 0, got {self.min_resolution}")
-        for name in ("min_brightness", "max_brightness", "min_contrast", "min_quality", "min_aesthetic"):
+        for name in ("min_brightness", "max_brightness", "min_contrast"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise RecipeError(f"{where}.{name}: must be between 0 and 1, got {v}")
+        for name in ("min_quality", "min_aesthetic"):
+            v = getattr(self, name)
+            if not 1.0 <= v <= 5.0:
+                raise RecipeError(f"{where}.{name}: a Q-Align score, must be between 1 and 5, got {v}")
         if self.max_brightness <= self.min_brightness:
             raise RecipeError(f"{where}.max_brightness: must be > min_brightness ({self.min_brightness}), "
                               f"got {self.max_brightness}")
@@ -106,24 +102,47 @@ class QualityStage(Stage):
     backends: ClassVar[tuple[str, ...]] = ("embedded", "qalign")
     requires: ClassVar[dict[str, dict[str, str]]] = {
         "embedded": {"cv2": "opencv-python"},
-        "qalign": {"transformers": "transformers", "torch": "torch"},
+        "qalign": {"transformers": "transformers", "torch": "torch",
+                   "sentencepiece": "'interacthuman[qalign]' (the package sentencepiece)"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("qalign",)
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"qalign": (
-        ["config.json", "*.safetensors", "tokenizer*", "*processor_config.json"],
-        "A transformers vision-language checkpoint loadable with AutoProcessor and AutoModelForImageTextToText "
-        "(e.g. Q-Align converted to LLaVA layout, or Qwen2-VL/LLaVA used zero-shot with Q-Align's prompt).",
+        ["config.json", "tokenizer.model", "*.safetensors|pytorch_model*.bin"],
+        "A local snapshot of q-future/one-align (Q-Align on mPLUG-Owl2): config.json, tokenizer.model and its "
+        "pytorch_model-*.bin or *.safetensors shards (preprocessor_config.json optional).",
     )}
 
     def __init__(self, config: QualityConfig):
         super().__init__(config)
         self.config: QualityConfig = config
-        self.scorer: QAlignScorer | None = None
+        self.scorer: Any = None  # stages.qalign.QAlignScorer
+
+    def check(self) -> None:
+        super().check()
+        if self.config.backend == "qalign":
+            import json
+
+            from stages.base import WeightsError
+
+            f = self.weights_dir() / "config.json"
+            try:
+                model_type = json.loads(f.read_text()).get("model_type")
+            except (OSError, json.JSONDecodeError) as e:
+                raise WeightsError(f"stage 'quality': {f} is not a readable config.json: {e}") from None
+            if model_type != "mplug_owl2":
+                raise WeightsError(f"stage 'quality': {f} has model_type {model_type!r}; the qalign backend loads "
+                                   f"Q-Align's mPLUG-Owl2 (model_type 'mplug_owl2', e.g. q-future/one-align)")
 
     def setup(self) -> None:
         c = self.config
         if c.backend == "qalign":
-            self.scorer = QAlignScorer(self.weights_dir(), device=c.device, dtype=c.dtype, batch_size=c.batch_size)
+            import torch
+
+            from stages.qalign import QAlignScorer
+
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
+            self.scorer = QAlignScorer.from_dir(self.weights_dir(), device=device, dtype=c.dtype,
+                                                batch_size=c.batch_size)
 
     def process(self, clip: Clip, item: SourceItem) -> str | None:
         c = self.config
@@ -140,11 +159,9 @@ class QualityStage(Stage):
         if c.backend == "qalign":
             if self.scorer is None:
                 self.setup()
-            q = self.scorer(sample, "quality")
-            a = self.scorer(sample, "aesthetics")
-            scores.update({"quality": round(float(q.mean()), 4), "aesthetic": round(float(a.mean()), 4),
-                           "quality_mos": round(1 + 4 * float(q.mean()), 3),
-                           "aesthetic_mos": round(1 + 4 * float(a.mean()), 3)})
+            q = self.scorer.scores(list(sample), "quality")
+            a = self.scorer.scores(list(sample), "aesthetics")
+            scores.update({"quality": round(float(q.mean()), 4), "aesthetic": round(float(a.mean()), 4)})
             if q.mean() < c.min_quality:
                 reasons.append("low_quality")
             if a.mean() < c.min_aesthetic:
@@ -235,83 +252,3 @@ def frame_measures(frame: np.ndarray, block: float | None = None) -> dict[str, f
         "blockiness": blockiness,
         "colorfulness": float(colorful),
     }
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Q-Align scoring on a transformers vision-language model
-# ------------------------------------------------------------------------------------------------------------------
-
-
-class QAlignScorer:
-    """Q-Align's rating rule: softmax over the logits of five level words, weighted 1, 0.75, 0.5, 0.25, 0."""
-
-    LEVELS: ClassVar[tuple[str, ...]] = ("excellent", "good", "fair", "poor", "bad")
-    WEIGHTS: ClassVar[tuple[float, ...]] = (1.0, 0.75, 0.5, 0.25, 0.0)
-
-    def __init__(self, weights_dir: Any, device: str = "auto", dtype: str = "auto", batch_size: int = 4):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.torch = torch
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device == "cuda" else "float32"
-        self.processor = AutoProcessor.from_pretrained(str(weights_dir))
-        self.model = AutoModelForImageTextToText.from_pretrained(str(weights_dir), dtype=getattr(torch, dtype))
-        self.model = self.model.to(self.device).eval()
-        self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "left"  # the scored position is the last one of every row
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.batch_size = batch_size
-        self.prompts = {task: self._prompt(task) for task in ("quality", "aesthetics")}
-        self.level_ids = {task: self._level_ids(task) for task in ("quality", "aesthetics")}
-        self.weights = torch.tensor(self.WEIGHTS, dtype=torch.float32)
-
-    @staticmethod
-    def _answer(task: str) -> str:
-        return f"The {task} of the image is"
-
-    def _prompt(self, task: str) -> str:
-        question = f"How would you rate the {task} of this image?"
-        if getattr(self.processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-            head = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return head + self._answer(task)
-        image_token = getattr(self.processor, "image_token", None) or "<image>"
-        return f"USER: {image_token}\n{question} ASSISTANT: {self._answer(task)}"
-
-    def _level_ids(self, task: str) -> list[int]:
-        """The token that starts each level word right after the answer prefix."""
-        base = self.tokenizer(self._answer(task), add_special_tokens=False)["input_ids"]
-        ids = []
-        for word in self.LEVELS:
-            full = self.tokenizer(f"{self._answer(task)} {word}", add_special_tokens=False)["input_ids"]
-            if full[: len(base)] != base or len(full) <= len(base):
-                from stages.base import WeightsError
-
-                raise WeightsError(f"stage 'quality': the tokenizer does not split '{word}' from the answer prefix "
-                                   f"'{self._answer(task)}'; Q-Align scoring needs the level word as the next token")
-            ids.append(int(full[len(base)]))
-        if len(set(ids)) != len(ids):
-            from stages.base import WeightsError
-
-            raise WeightsError(f"stage 'quality': the level words {self.LEVELS} share first tokens {ids}")
-        return ids
-
-    def __call__(self, frames: np.ndarray, task: str = "quality") -> np.ndarray:
-        """Scores in 0..1, one per RGB uint8 frame."""
-        torch = self.torch
-        ids = self.level_ids[task]
-        out: list[np.ndarray] = []
-        for s in range(0, len(frames), self.batch_size):
-            batch = [np.ascontiguousarray(f) for f in frames[s : s + self.batch_size]]
-            inputs = self.processor(images=batch, text=[self.prompts[task]] * len(batch), return_tensors="pt",
-                                    padding=True)
-            inputs = {k: (v.to(self.device, dtype=self.model.dtype) if v.is_floating_point() else v.to(self.device))
-                      for k, v in inputs.items()}
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits[:, -1, :]
-            probs = torch.softmax(logits[:, ids].float().cpu(), dim=-1)
-            out.append((probs @ self.weights).numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)

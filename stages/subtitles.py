@@ -24,9 +24,12 @@ Detection boxes alone are not used as evidence of change: they also land on face
 their extent jitters. Recognised text, or where the script is unknown the glyph image, decides.
 
 Backends: ``embedded`` is RapidOCR (ships PP-OCR detection and recognition ONNX models; onnxruntime on the CPU);
-``paddle`` is PaddleOCR with local model directories (``weights/det`` and ``weights/rec``: exported inference
+``paddle`` is PaddleOCR 3.x with local model directories (``weights/det`` and ``weights/rec``: exported inference
 models, ``inference.pdiparams`` with ``inference.json`` or ``inference.pdmodel``, and ``inference.yml``). PaddleOCR
-and paddlepaddle are an optional extra: ``pip install interacthuman[paddle]``.
+checks each directory against the model name it is given, so the name is read from the directory's own
+``inference.yml`` (``Global.model_name``) and passed with it: any exported detection or recognition model works
+(``PP-OCRv5_server_det``, a language-specific ``*_PP-OCRv5_mobile_rec``...). PaddleOCR and paddlepaddle are an
+optional extra: ``pip install interacthuman[paddle]``.
 """
 
 from __future__ import annotations
@@ -126,10 +129,11 @@ class SubtitlesStage(Stage):
                    "paddle": "'interacthuman[paddle]' (the packages paddleocr and paddlepaddle)"},
     }
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"paddle": (
-        ["det/inference.pdiparams", "rec/inference.pdiparams"],
-        "PaddleOCR exported inference models: DIR/det (a text detection model, e.g. PP-OCRv5_server_det) and "
-        "DIR/rec (a text recognition model for the subtitle language), each with inference.pdiparams, "
-        "inference.json or inference.pdmodel, and inference.yml.",
+        ["det/inference.pdiparams", "det/inference.yml", "rec/inference.pdiparams", "rec/inference.yml"],
+        "PaddleOCR 3.x exported inference models: DIR/det (a text detection model, e.g. PP-OCRv5_server_det) and "
+        "DIR/rec (a text recognition model for the subtitle language, e.g. PP-OCRv5_server_rec or "
+        "cyrillic_PP-OCRv5_mobile_rec), each with inference.pdiparams, inference.json or inference.pdmodel, and "
+        "inference.yml (its Global.model_name is the name PaddleOCR is given).",
     )}
 
     def __init__(self, config: SubtitlesConfig):
@@ -139,17 +143,26 @@ class SubtitlesStage(Stage):
         self._memo_source: str | None = None
         self._memo: dict[str, list[TextLine]] = {}
 
+    def check(self) -> None:
+        super().check()
+        if self.config.backend == "paddle":
+            _require_paddleocr_3()
+            d = self.weights_dir()
+            for sub in ("det", "rec"):
+                paddle_model_name(d / sub)  # fails before the run, naming the file
+
     def setup(self) -> None:
         c = self.config
         if c.backend == "paddle":
-            for module in self.requires["paddle"]:
-                import importlib.util
+            import importlib.util
 
+            for module in self.requires["paddle"]:
                 if importlib.util.find_spec(module) is None:
                     raise StageError(
                         f"stage 'subtitles' backend 'paddle' needs the Python module '{module}': "
                         f"pip install interacthuman[paddle] (or: pip install paddleocr paddlepaddle)"
                     )
+            _require_paddleocr_3()
             self.ocr = PaddleLineOCR(self.weights_dir(), c.det_score, c.device)
         else:
             self.ocr = RapidLineOCR(c.det_limit, c.det_score, c.threads)
@@ -384,42 +397,69 @@ class RapidLineOCR:
         return out
 
 
+def _require_paddleocr_3() -> None:
+    """PaddleOCR 2.x takes other arguments and model layouts; the backend is written for 3.x."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("paddleocr")
+    except importlib.metadata.PackageNotFoundError:
+        return  # a source checkout or a stand-in module: its constructor says what it accepts
+    if int(version.split(".")[0]) < 3:
+        raise StageError(f"stage 'subtitles' backend 'paddle' needs PaddleOCR 3.x, found {version}: "
+                         f"pip install 'paddleocr>=3'")
+
+
+def paddle_model_name(model_dir: Any) -> str:
+    """``Global.model_name`` of an exported PaddleOCR model directory's ``inference.yml`` (PaddleOCR 3.x checks the
+    name it is given against it). Raises :class:`~stages.base.WeightsError` naming the file when it is missing."""
+    from pathlib import Path
+
+    import yaml
+
+    from stages.base import WeightsError
+
+    f = Path(model_dir) / "inference.yml"
+    if not f.is_file():
+        raise WeightsError(f"stage 'subtitles': {f} is missing; an exported PaddleOCR model directory holds "
+                           f"inference.yml with Global.model_name")
+    try:
+        doc = yaml.safe_load(f.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise WeightsError(f"stage 'subtitles': {f} is not valid YAML: {e}") from None
+    name = (doc.get("Global") or {}).get("model_name") if isinstance(doc, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        raise WeightsError(f"stage 'subtitles': {f} has no Global.model_name (the name PaddleOCR checks the "
+                           f"model against)")
+    return name.strip()
+
+
 class PaddleLineOCR:
-    """PaddleOCR with local detection and recognition model directories (PaddleOCR 3.x, or 2.x as a fallback)."""
+    """PaddleOCR 3.x with local detection and recognition model directories, each passed with the model name its
+    ``inference.yml`` declares."""
 
     def __init__(self, weights_dir: Any, det_score: float = 0.5, device: str = "cpu"):
         from paddleocr import PaddleOCR
 
-        det, rec = str(weights_dir / "det"), str(weights_dir / "rec")
-        try:  # PaddleOCR 3.x
-            self.ocr = PaddleOCR(
-                text_detection_model_dir=det, text_recognition_model_dir=rec, use_doc_orientation_classify=False,
-                use_doc_unwarping=False, use_textline_orientation=False, text_det_box_thresh=det_score,
-                text_rec_score_thresh=0.0, device=device,
-            )
-            self.v3 = True
-        except TypeError:  # PaddleOCR 2.x
-            self.ocr = PaddleOCR(det_model_dir=det, rec_model_dir=rec, use_angle_cls=False, det_db_box_thresh=det_score,
-                                 use_gpu=device == "gpu", show_log=False)
-            self.v3 = False
+        det, rec = weights_dir / "det", weights_dir / "rec"
+        self.names = {"det": paddle_model_name(det), "rec": paddle_model_name(rec)}
+        self.ocr = PaddleOCR(
+            text_detection_model_name=self.names["det"], text_detection_model_dir=str(det),
+            text_recognition_model_name=self.names["rec"], text_recognition_model_dir=str(rec),
+            use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
+            text_det_box_thresh=det_score, text_rec_score_thresh=0.0, device=device,
+        )
 
     def __call__(self, zones: list[np.ndarray]) -> list[list[OcrRow]]:
         out = []
         for z in zones:
             bgr = np.ascontiguousarray(z[:, :, ::-1])
             rows = []
-            if self.v3:
-                for res in self.ocr.predict(bgr):
-                    polys = res["rec_polys"] if "rec_polys" in res else res["dt_polys"]
-                    for p, t, s in zip(polys, res["rec_texts"], res["rec_scores"]):
-                        p = np.asarray(p, dtype=np.float32)
-                        rows.append(((float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()),
-                                      float(p[:, 1].max())), 1.0, str(t), float(s)))
-            else:
-                for page in self.ocr.ocr(bgr, cls=False) or []:
-                    for p, (t, s) in page or []:
-                        p = np.asarray(p, dtype=np.float32)
-                        rows.append(((float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()),
-                                      float(p[:, 1].max())), 1.0, str(t), float(s)))
+            for res in self.ocr.predict(bgr):
+                polys = res["rec_polys"] if "rec_polys" in res else res["dt_polys"]
+                for p, t, s in zip(polys, res["rec_texts"], res["rec_scores"]):
+                    p = np.asarray(p, dtype=np.float32)
+                    rows.append(((float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()),
+                                  float(p[:, 1].max())), 1.0, str(t), float(s)))
             out.append(rows)
         return out

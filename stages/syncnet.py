@@ -11,7 +11,22 @@ The network of the public ``syncnet_python`` release (weights file ``syncnet_v2.
 * ``frame_conf``: per video frame, the median-minus-distance at the chosen offset (median filtered over 9 frames),
   which says *when* the face is in sync (used to route speech between several faces).
 
-Weights load from a local file (a state dict, as ``torch.save`` wrote it in that release); nothing is downloaded.
+**Scoring a face track against its audio span.** The release scores each continuous face track on its own, with the
+audio of that track's time span only (``run_pipeline`` cuts the audio from the track's first to its last frame).
+Frames without a face are never scored: a black or stale crop there would shift the offset and the scores. To score
+a track that starts at video frame ``start`` (25 fps) of a clip::
+
+    net = load_syncnet("DIR/syncnet_v2.model", device)
+    crops = np.stack([crop_face(frame, face_crop_box(box, w, h)) for frame, box in track])  # [T, 224, 224, 3] RGB
+    r = score_track(net, crops, clip_audio_16k, start_frame=start)   # the audio span is cut here
+    r["offset"], r["sync_c"], r["sync_d"]
+
+:func:`track_runs` splits a per-frame "face known" mask into such tracks, and :func:`audio_span` cuts the audio of
+frames ``[start, end)``. Sync-C* (Sync-C only inside an identity's speaking time) is ``score_track`` on the frames of
+the speaking intervals, one call per interval, windows weighted as :func:`combine_tracks` does.
+
+Weights load from a local file: a plain state dict, read with ``torch.load(..., weights_only=True)`` so a file from
+anywhere cannot run code on the workers; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -104,10 +119,20 @@ class SyncNet(nn.Module):
 
 
 def load_syncnet(path: str | Path, device: str = "cpu") -> SyncNet:
-    """SyncNet with the weights of ``path`` (``syncnet_v2.model``: a state dict; a pickled module is accepted too)."""
-    state = torch.load(str(path), map_location=device, weights_only=False)
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
+    """SyncNet with the weights of ``path`` (``syncnet_v2.model``: a plain state dict of tensors).
+
+    The file is read with ``weights_only=True``: tensors and plain containers only, so a pickled object that would run
+    code when loaded is refused (the release file is a plain state dict and loads this way).
+    """
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        raise ValueError(f"{path}: not a plain SyncNet state dict (only tensors are read from weights files, "
+                         f"nothing is unpickled): {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a SyncNet state dict (got {type(state).__name__})")
     state = {k.removeprefix("__S__.").removeprefix("module."): v for k, v in state.items()}
     net = SyncNet()
     missing, unexpected = net.load_state_dict(state, strict=False)
@@ -249,3 +274,46 @@ def sync_scores(net: SyncNet, crops: np.ndarray, audio: np.ndarray, rate: int = 
         frame_conf[2 + len(fconfm):n] = fconfm[-1]
     return {"offset": offset, "sync_c": conf, "sync_d": float(minval), "frame_conf": frame_conf,
             "windows": int(len(im))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Face tracks and their audio spans
+# --------------------------------------------------------------------------------------------------------------
+
+MIN_TRACK_FRAMES = 6  # one 5-frame window and one frame of audio beyond it
+
+
+def track_runs(known: np.ndarray, min_frames: int = MIN_TRACK_FRAMES) -> list[tuple[int, int]]:
+    """Continuous runs ``[start, end)`` of ``known`` frames (a face track), at least ``min_frames`` long."""
+    k = np.concatenate([[False], np.asarray(known, bool), [False]])
+    edges = np.flatnonzero(k[1:] != k[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= min_frames]
+
+
+def audio_span(audio: np.ndarray, start_frame: int, end_frame: int, rate: int = 16000,
+               fps: float = VIDEO_FPS) -> np.ndarray:
+    """The samples of video frames ``[start_frame, end_frame)`` (at ``fps``) of ``audio`` (mono, ``rate`` Hz)."""
+    a = int(round(start_frame * rate / fps))
+    b = int(round(end_frame * rate / fps))
+    return np.asarray(audio)[max(0, a):max(0, b)]
+
+
+def score_track(net: SyncNet, crops: np.ndarray, audio: np.ndarray, start_frame: int = 0, rate: int = 16000,
+                vshift: int = 15, batch_size: int = 32) -> dict[str, object]:
+    """:func:`sync_scores` of one continuous face track: ``crops`` are its frames at 25 fps, the first being video
+    frame ``start_frame`` of the clip whose whole audio is ``audio``; only the track's own audio span is scored."""
+    span = audio_span(audio, start_frame, start_frame + len(crops), rate)
+    return sync_scores(net, crops, span, rate=rate, vshift=vshift, batch_size=batch_size)
+
+
+def combine_tracks(results: list[dict[str, object]]) -> dict[str, object]:
+    """One summary of several tracks' scores: Sync-C and Sync-D averaged with each track's window count as weight,
+    the offset of the track with the most windows."""
+    scored = [r for r in results if int(r.get("windows", 0)) > 0]
+    if not scored:
+        return {"offset": 0, "sync_c": 0.0, "sync_d": float("nan"), "windows": 0}
+    w = np.array([int(r["windows"]) for r in scored], np.float64)
+    c = float(np.dot(w, [float(r["sync_c"]) for r in scored]) / w.sum())
+    d = float(np.dot(w, [float(r["sync_d"]) for r in scored]) / w.sum())
+    best = scored[int(np.argmax(w))]
+    return {"offset": int(best["offset"]), "sync_c": c, "sync_d": d, "windows": int(w.sum())}

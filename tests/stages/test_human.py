@@ -43,7 +43,7 @@ def test_detections_are_stored_for_later_stages(stage):
     stage.process(clip, item)
     det = json.loads(json.dumps(clip.meta["detections"]))  # JSON-serialisable as it is
     n = len(clip.analysis_frames())
-    assert det["fps"] == 5.0
+    assert det["fps"] == clip.meta["analysis"]["fps"]  # frame indices count analysis frames
     assert len(det["faces"]) == n and all(len(f) == 1 and len(f[0]) == 5 for f in det["faces"])
     assert det["face_tracks"][0]["id"] == 0 and det["face_tracks"][0]["frames"] == list(range(n))
     assert len(det["persons"]) == n and det["person_frames"] == []  # faces sufficed: no person detector ran
@@ -251,3 +251,33 @@ def test_filters_end_to_end(ray_local, tmp_path):
     assert set(scores) >= {"human", "subtitles", "quality", "motion"}
     assert scores["human"]["people"] == 1 and scores["motion"]["motion"] > 0.002
     assert len(sample_.meta["detections"]["faces"]) == sample_.meta["analysis"]["frames"]
+
+
+def test_a_detector_with_a_timm_backbone_is_refused_before_the_run_without_timm(tmp_path, monkeypatch):
+    """facebook/detr-resnet-50's config builds a timm ResNet: without timm the check fails, naming the package (the
+    run would otherwise start and every worker fail in setup)."""
+    import importlib.util
+
+    from transformers import DetrConfig
+
+    from stages.base import StageError
+    from stages.human import needs_timm
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "timm" else real_find_spec(name, *a))
+    d = tmp_path / "detr"
+    d.mkdir()
+    published = {"model_type": "detr", "backbone": "resnet50", "use_timm_backbone": True,
+                 "id2label": {"0": "N/A", "1": "person"}}
+    (d / "config.json").write_text(json.dumps(published))
+    (d / "model.safetensors").write_bytes(b"")
+    (d / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(StageError, match=r"timm.*pip install 'interacthuman\[timm\]'"):
+        HumanStage(HumanConfig(backend="detector", weights=str(d))).check()
+    # The same model as transformers 5 saves it (a timm_backbone backbone config) is recognised too.
+    assert needs_timm(DetrConfig().to_dict())
+    # RT-DETR's own ResNet needs no timm.
+    from transformers import RTDetrConfig
+
+    assert not needs_timm(RTDetrConfig().to_dict())

@@ -148,3 +148,94 @@ def test_paddle_backend_names_the_extra_and_the_weights(tmp_path):
     assert "det/inference.pdiparams" in str(e.value) and "stages.subtitles.weights" in str(e.value)
     with pytest.raises(WeightsError, match=r"--weights subtitles=DIR"):
         SubtitlesStage(SubtitlesConfig(backend="paddle")).weights_dir()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# PaddleOCR backend with a stand-in PaddleOCR class (the real one needs paddlepaddle and model downloads)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class FakePaddleOCR:
+    """Records what the stage passes to PaddleOCR 3.x and, like PaddleX, refuses a directory whose inference.yml
+    names another model than the one it is given (the default names when none is given). Its predictions are one
+    line where burn() puts a subtitle, read as the text burned there."""
+
+    created: list[dict] = []
+    script: list[str] = []
+    DEFAULTS = {"text_detection": "PP-OCRv5_server_det", "text_recognition": "PP-OCRv5_server_rec"}
+
+    def __init__(self, **kwargs):
+        import yaml
+
+        for part, default in self.DEFAULTS.items():
+            d = kwargs.get(f"{part}_model_dir")
+            if d is not None:
+                declared = yaml.safe_load(open(f"{d}/inference.yml"))["Global"]["model_name"]
+                given = kwargs.get(f"{part}_model_name") or default
+                assert given == declared, f"Model name mismatch, please input the correct model dir. ({given})"
+        FakePaddleOCR.created.append(kwargs)
+        self.calls = 0
+        self.script = FakePaddleOCR.script
+
+    def predict(self, bgr):
+        h, w = bgr.shape[:2]
+        self.calls += 1
+        x0, x1, y0, y1 = 0.2 * w, 0.8 * w, 0.35 * h, 0.7 * h
+        text = self.script[min(len(self.script) - 1, self.calls - 1)]
+        return [{"rec_polys": [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])], "rec_texts": [text],
+                 "rec_scores": [0.95]}]
+
+
+def paddle_model_dir(d, name: str):
+    d.mkdir(parents=True)
+    (d / "inference.pdiparams").write_bytes(b"")
+    (d / "inference.json").write_text("{}")
+    (d / "inference.yml").write_text(f"Global:\n  model_name: {name}\nPreProcess:\n  transform_ops: []\n")
+    return d
+
+
+@pytest.fixture
+def fake_paddleocr(monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    for name in ("paddleocr", "paddle"):
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules["paddleocr"].PaddleOCR = FakePaddleOCR
+    FakePaddleOCR.created = []
+    return FakePaddleOCR
+
+
+def test_paddle_backend_passes_each_directorys_model_name(tmp_path, fake_paddleocr, speaker_frames):
+    """A language-specific recognizer (the hint asks for one for the subtitle language) loads: the names come from
+    each directory's inference.yml, and the stage reads PaddleOCR's results into its decision."""
+    paddle_model_dir(tmp_path / "w" / "det", "PP-OCRv5_mobile_det")
+    paddle_model_dir(tmp_path / "w" / "rec", "cyrillic_PP-OCRv5_mobile_rec")
+    stage = SubtitlesStage(SubtitlesConfig(backend="paddle", weights=str(tmp_path / "w")))
+    stage.check()
+    stage.setup()
+    (kw,) = fake_paddleocr.created
+    assert kw["text_detection_model_name"] == "PP-OCRv5_mobile_det"
+    assert kw["text_recognition_model_name"] == "cyrillic_PP-OCRv5_mobile_rec"
+    assert kw["text_detection_model_dir"].endswith("det") and kw["text_recognition_model_dir"].endswith("rec")
+    n = len(speaker_frames)
+    lines = ["HELLO THERE", "GOOD MORNING", "SEE YOU LATER"]
+    frames = burn(speaker_frames, [lines[i * 3 // n] for i in range(n)])
+    samples = stage._n_samples(clip_from_frames("p", frames))
+    fake_paddleocr.script = [lines[int(round(x)) * 3 // n] for x in np.linspace(0, n - 1, samples)]
+    stage.ocr.ocr.script = fake_paddleocr.script
+    item = SourceItem(path="paddle.mp4", clips=[clip_from_frames("p", frames)])
+    assert stage.process(item.clips[0], item) == "subtitles"
+    assert {"HELLO THERE", "GOOD MORNING"} <= set(item.clips[0].scores["subtitles"]["texts"])
+
+
+def test_paddle_model_dir_without_a_name_fails_before_the_run(tmp_path, fake_paddleocr):
+    paddle_model_dir(tmp_path / "det", "PP-OCRv5_server_det")
+    rec = paddle_model_dir(tmp_path / "rec", "x")
+    (rec / "inference.yml").write_text("PreProcess: {}\n")
+    with pytest.raises(WeightsError, match=r"rec/inference.yml has no Global.model_name"):
+        SubtitlesStage(SubtitlesConfig(backend="paddle", weights=str(tmp_path))).check()
+    assert fake_paddleocr.created == []
