@@ -61,6 +61,35 @@ def _add_ls(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
 
 
+def _add_cat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cat", help="write a file or object (s3://, gs://, a path) to standard output",
+                       description="Stream a file or an object to standard output, with the credentials and endpoint "
+                                   "the environment gives (AWS_ENDPOINT_URL, AWS_PROFILE, ...). webdataset reads a "
+                                   "run in a bucket through it: 'pipe:interacthuman cat s3://bucket/run/shards/x.tar'.",
+                       epilog="examples:\n  interacthuman cat s3://runs/r1/run.json\n"
+                              "  interacthuman cat s3://runs/r1/shards/20261202-0-00000-00000.tar | tar t",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("uri")
+
+
+def _cat(args: argparse.Namespace) -> int:
+    from pipeline import storage
+
+    out = sys.stdout.buffer
+    try:
+        with storage.open_input(args.uri) as f:
+            while True:
+                b = f.read(8 << 20)
+                if not b:
+                    break
+                out.write(b)
+    except (FileNotFoundError, OSError) as e:
+        print(f"error: {args.uri}: {e}", file=sys.stderr)
+        return 1
+    out.flush()
+    return 0
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="write contact sheets and an HTML index of a run's samples",
                        description="For each committed sample of RUN_DIR write a contact-sheet PNG (frames with each "
@@ -330,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_probe(sub)
     _add_ls(sub)
     _add_inspect(sub)
+    _add_cat(sub)
     _add_precompute(sub)
     _add_train(sub)
     _add_run(sub)
@@ -353,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(args)
     if args.command == "weights":
         return _weights(args)
+    if args.command == "cat":
+        return _cat(args)
     if args.command == "inspect":
         from pipeline.inspect import inspect_run
 
@@ -370,10 +402,9 @@ def _curate(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.sources:
-        overrides.append("sources=" + json.dumps([str(Path(s).resolve()) if not any(c in s for c in "*?[")
-                                                  else os.path.abspath(s) for s in args.sources]))
+        overrides.append("sources=" + json.dumps([_cli_location(s) for s in args.sources]))
     if args.output:
-        overrides.append(f"output={json.dumps(str(Path(args.output).resolve()))}")
+        overrides.append(f"output={json.dumps(_cli_location(args.output))}")
     if args.address:
         overrides.append(f"run.address={json.dumps(args.address)}")
     if args.max_attempts is not None:
@@ -410,6 +441,13 @@ def _curate(args: argparse.Namespace) -> int:
     else:
         print_stats(stats, recipe.output)
     return 0
+
+
+def _cli_location(s: str) -> str:
+    """A path given on the command line, relative to the current directory; URLs as given."""
+    if "://" in s:
+        return s
+    return os.path.abspath(os.path.expanduser(s)) if any(c in s for c in "*?[") else str(Path(s).expanduser().resolve())
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -132,6 +132,7 @@ class SourceItem:
     path: str
     attempts: int = 0  # failed attempts before this one (from the manifest)
     sha256: str | None = None
+    content_id: str | None = None  # pipeline.storage.content_id (size and the first and last 64 KiB)
     size: int | None = None
     probe: dict[str, Any] = field(default_factory=dict)
     window: int = 0  # which window of the source (0-based)

@@ -54,17 +54,49 @@ class MediaError(Exception):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
+def sha256_file(path: str, spill_to: str | None = None) -> tuple[str, int]:
+    """sha256 and size of a local file or an object, read once (``spill_to``: also copy it to that local path)."""
+    from pipeline import storage
+
+    return storage.hash_file(path, spill_to=spill_to)
+
+
+def open_media(path: str) -> Any:
+    """``av.open`` on a local path, or on a seekable reader of an object (range requests; PyAV reads the index and
+    then only the packets it demuxes). The reader closes with the container."""
+    from pipeline import storage
+
+    if storage.is_local(path):
+        return av.open(storage.canonical(path), metadata_errors="ignore")
+    f = storage.open_input(path)
+    try:
+        container = av.open(f, metadata_errors="ignore")
+    except BaseException:
+        f.close()
+        raise
+    return _ClosingContainer(container, f)
+
+
+class _ClosingContainer:
+    """A PyAV container that also closes the file object it reads from."""
+
+    def __init__(self, container: Any, f: Any):
+        self._c, self._f = container, f
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+    def close(self) -> None:
+        try:
+            self._c.close()
+        finally:
+            self._f.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _first_frame(container: Any, stream: Any) -> tuple[int, float | None]:
@@ -89,13 +121,19 @@ def probe(path: str) -> dict[str, Any]:
     The video packets are demuxed (not decoded) to count frames and measure timestamp gaps; that also catches files
     whose index promises more than the file holds (truncated downloads). Raises :class:`MediaError`.
     """
-    if not os.path.exists(path):
+    from pipeline import storage
+
+    try:
+        fi = storage.info(path)
+    except OSError as e:  # a store that cannot be reached, no permission: an I/O failure, retried next run
+        raise OSError(f"{path}: {e}") from None
+    if fi is None:
         raise MediaError(f"{path}: file not found")
-    size = os.path.getsize(path)
+    size = fi.size
     if size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = open_media(path)
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
         if _mp4_without_index(path):
             raise MediaError(f"{path}: truncated: an MP4 whose 'moov' index is missing (incomplete download?)") from None
@@ -183,7 +221,9 @@ def probe(path: str) -> dict[str, Any]:
 
 def _mp4_without_index(path: str) -> bool:
     """An ISO-BMFF file (ftyp box first) that holds media data but no moov box: cut off before its index."""
-    with open(path, "rb") as f:
+    from pipeline import storage
+
+    with storage.open_input(path) as f:
         head = f.read(64)
         if head[4:8] != b"ftyp":
             return False
@@ -280,7 +320,7 @@ def encode_video(frames: np.ndarray | list[np.ndarray], fps: float, crf: int = 2
 def load_audio(path: str, rate: int = AUDIO_RATE) -> np.ndarray:
     """Decode any audio file (or a video's audio) to float32 mono at ``rate``. Raises :class:`MediaError`."""
     try:
-        with av.open(path) as c:
+        with open_media(path) as c:
             if not c.streams.audio:
                 raise MediaError(f"{path}: no audio stream")
             res = av.AudioResampler(format="s16", layout="mono", rate=rate)
@@ -477,7 +517,7 @@ class Geometry:
 
 def _open(path: str, threads: int) -> tuple[Any, Any]:
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = open_media(path)
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot open ({_short(e)})") from None
     v = container.streams.video[0]

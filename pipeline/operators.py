@@ -54,8 +54,8 @@ WINDOW = "window"  # an item that asks ExtractOp to decode one window
 class RunContext:
     """What every operator needs to know about the run (plain values, cheap to pickle)."""
 
-    run_dir: str | None = None  # None outside a curate run (tests, benchmarks): no attempt log
-    run_id: str | None = None
+    run_dir: str | None = None
+    run_id: str | None = None  # None outside a curate run (tests, benchmarks): no attempt ledger
     fingerprint: str = ""
     reraise: bool = False
     max_attempts: int = 3
@@ -63,7 +63,7 @@ class RunContext:
     threads: int = 1  # codec and BLAS threads of this operator's workers
 
     def log(self):
-        return attempt_log(self.run_dir, self.run_id, self.unit_timeout_s)
+        return attempt_log(self.run_id, self.unit_timeout_s)
 
 
 def cap_threads(n: int) -> None:
@@ -108,14 +108,48 @@ def windows_of(duration_s: float, window_s: float) -> int:
     return int(math.ceil(duration_s / window_s - 1e-9))
 
 
+def hash_and_probe(path: str) -> tuple[str, int, dict[str, Any]]:
+    """sha256, size and probe facts of a source, reading it once: an object is streamed to a local spill file while
+    it is hashed, and probed there (the spill is removed); a local file is hashed, then probed in place."""
+    import os
+    import tempfile
+
+    from pipeline import storage
+
+    if storage.is_local(path):
+        if storage.info(path) is None:
+            raise MediaError(f"{path}: file not found")
+        sha, size = sha256_file(path)
+        return sha, size, probe(path)
+    if storage.info(path) is None:
+        raise MediaError(f"{path}: file not found")
+    fd, spill = tempfile.mkstemp(prefix="interacthuman-probe-", suffix=os.path.splitext(storage.name(path))[1])
+    os.close(fd)
+    try:
+        sha, size = sha256_file(path, spill_to=spill)
+        try:
+            info = probe(spill)
+        except MediaError as e:
+            raise MediaError(str(e).replace(spill, path)) from None
+        return sha, size, info
+    finally:
+        os.unlink(spill)
+
+
 class ProbeOp:
     """sha256 and stream facts of each source, then one ``window`` item per window still to do.
 
     An unusable file becomes a ``summary`` that quarantines it with the reason; an I/O error one that fails it."""
 
-    def __init__(self, ctx: RunContext, window_s: float = 0.0):
+    def __init__(self, ctx: RunContext, window_s: float = 0.0, complete_ids: Any = None):
         self.ctx = ctx
         self.window_s = window_s
+        self._complete_ids = complete_ids  # content id -> (status, path), or an ObjectRef of that dict
+
+    def complete_ids(self) -> dict[str, tuple[str, str]]:
+        if self._complete_ids is not None and not isinstance(self._complete_ids, dict):
+            self._complete_ids = _get_cached(self._complete_ids)
+        return self._complete_ids or {}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: list[SourceItem] = []
@@ -130,8 +164,13 @@ class ProbeOp:
         stat.items_in += 1
         with Attempt(self.ctx.log(), item, "probe"), StageTimer(stat):
             try:
-                item.sha256, item.size = sha256_file(item.path)
-                item.probe = probe(item.path)
+                if getattr(task, "new", False) and self.complete_ids():
+                    seen = self._seen_elsewhere(item)
+                    if seen is not None:
+                        return [seen]
+                item.sha256, item.size, item.probe = hash_and_probe(item.path)
+                if item.content_id is None:
+                    item.content_id = content_id_of(item.path, item.size)
                 stat.items_out += 1
             except MediaError as e:
                 reason = str(e).split(": ", 1)[-1]
@@ -152,13 +191,50 @@ class ProbeOp:
                 continue
             span = (w * self.window_s, (w + 1) * self.window_s if w < n - 1 else None) if n > 1 else None
             windows.append(SourceItem(
-                path=item.path, attempts=task.attempts, sha256=item.sha256, size=item.size, probe=item.probe,
+                path=item.path, attempts=task.attempts, sha256=item.sha256, content_id=item.content_id,
+                size=item.size, probe=item.probe,
                 window=w, windows=n, window_span=span, kind=WINDOW, skip_keys=task.skip_keys,
                 key_attempts=task.key_attempts,
                 # The probe's stats travel with the first window still to do, so the run's stats count it once.
                 stats=item.stats if not windows else {},
             ))
         return windows
+
+    def _seen_elsewhere(self, item: SourceItem) -> SourceItem | None:
+        """A summary that settles a source whose content was already curated under another path, or None."""
+        from pipeline import storage
+
+        fi = storage.info(item.path)
+        if fi is None:
+            return None
+        item.content_id = content_id_of(item.path, fi.size)
+        hit = self.complete_ids().get(item.content_id)
+        if hit is None:
+            return None
+        status, other = hit
+        item.status, item.size = status, fi.size
+        item.reason = f"the same content as {other}, curated already (its samples are those of that path)"
+        item.stat("probe", unit="sources").items_out += 1
+        return item
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def _get_cached(ref: Any) -> Any:
+    """``ray.get`` once per worker process (a broadcast shared by every task the process runs)."""
+    if ref not in _CACHE:
+        import ray
+
+        _CACHE.clear()
+        _CACHE[ref] = ray.get(ref)
+    return _CACHE[ref]
+
+
+def content_id_of(path: str, size: int | None) -> str:
+    from pipeline import storage
+
+    return storage.content_id(path, size)
 
 
 class ExtractOp:
@@ -181,7 +257,8 @@ class ExtractOp:
 
     def extract(self, task: SourceItem) -> Iterator[SourceItem]:
         """The units of one window, then its summary."""
-        summary = SourceItem(path=task.path, attempts=task.attempts, sha256=task.sha256, size=task.size,
+        summary = SourceItem(path=task.path, attempts=task.attempts, sha256=task.sha256,
+                             content_id=task.content_id, size=task.size,
                              probe=task.probe, window=task.window, windows=task.windows,
                              window_span=task.window_span, kind=SUMMARY, stats=dict(task.stats))
         extract = summary.stat("extract", unit="sources")
@@ -458,6 +535,7 @@ def record_of(item: SourceItem, fingerprint: str, run_id: str, shard: str | None
         "unit": item.unit_id,
         "path": item.path,
         "sha256": item.sha256,
+        "content_id": item.content_id if item.kind == SUMMARY else None,
         "size": item.size,
         "window": item.window,
         "windows": item.windows,

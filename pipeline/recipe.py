@@ -126,8 +126,10 @@ class ShardConfig:
     max_samples: int = 1000
     max_bytes: int = 1_000_000_000
     units_per_write: int = 64  # units (rows of a few clips) gathered into one write task (one or more shards)
+    compact_after: int = 64  # at the end of a run, merge the manifest's chunks into one file once there are this many
 
     def validate(self, where: str) -> None:
+        _range(self.compact_after, 2, 1_000_000, f"{where}.compact_after")
         _range(self.max_samples, 1, 10_000_000, f"{where}.max_samples")
         _range(self.max_bytes, 1024, 1 << 40, f"{where}.max_bytes")
         _range(self.units_per_write, 1, 1_000_000, f"{where}.units_per_write")

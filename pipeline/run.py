@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.attempts import attempts_dir, discard_unsettled, settle
-from pipeline.manifest import RunLock, for_fingerprint, new_run_id, plan, read_manifest, recover, write_chunk
+from pipeline.attempts import discard_faults, settle, start_ledger
+from pipeline import storage
+from pipeline.manifest import RESUME_COLUMNS, RunLock, compact, new_run_id, plan, read_manifest, recover, write_chunk
 from pipeline.recipe import Recipe, Resources
 from pipeline.scenecut import extract_gpus
 from pipeline.sources import discover
@@ -189,18 +190,19 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
     """Run the recipe to the end (or resume it). Returns this run's stats."""
     from stages import build_stages
 
-    run_dir = Path(recipe.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.canonical(recipe.output)
+    storage.makedirs(run_dir)
     with RunLock(run_dir):
-        removed = recover(run_dir)
+        table = read_manifest(run_dir, RESUME_COLUMNS)  # read once: recovery and the plan share it
+        removed = recover(run_dir, table)
         if any(removed.values()):
             log(f"recovered from an interrupted run: removed {removed['tmp_files']} temporary files and "
                 f"{removed['orphan_shards']} uncommitted shards")
-        discard_unsettled(run_dir)
         fingerprint = recipe.fingerprint()
         run_id = new_run_id()
         paths = discover(recipe.sources)
-        the_plan = plan(paths, read_manifest(run_dir), fingerprint, recipe.run.max_attempts)
+        the_plan = plan(paths, table, fingerprint, recipe.run.max_attempts)
+        del table
         if the_plan.quarantine_now:
             for r in the_plan.quarantine_now:
                 r["run_id"] = run_id
@@ -212,56 +214,52 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
         stages = build_stages(recipe.stages)
         for s in stages:
             s.check()
-        (run_dir / "run.json").write_text(json.dumps(
-            {"run_id": run_id, "fingerprint": fingerprint, "recipe": recipe.to_dict(), "recipe_path": recipe.path,
-             "started_at": time.time(), "versions": package_versions()}, indent=2, default=str))
+        info = {"run_id": run_id, "fingerprint": fingerprint, "recipe": recipe.to_dict(), "recipe_path": recipe.path,
+                "started_at": time.time(), "versions": package_versions()}
+        storage.write_text(storage.join(run_dir, "run.json"), json.dumps(info, indent=2, default=str))
 
         t0 = time.time()
         if the_plan.todo:
             from stages import user_stage_modules
 
             ray = init_ray(recipe.run.address, log, worker_logs, user_stage_modules(recipe.stages))
+            ledger = start_ledger(run_id)
             try:
-                _execute(ray, recipe, the_plan.todo, stages, str(run_dir), run_id, fingerprint, log)
+                _execute(ray, recipe, the_plan, stages, run_dir, run_id, fingerprint, log)
             finally:
-                _settle(run_dir, run_id, fingerprint, recipe.run.max_attempts, log)
+                _settle(ray, ledger, run_dir, run_id, fingerprint, recipe.run.max_attempts, log)
         wall = time.time() - t0
 
-        table = read_manifest(run_dir)
-        if table.num_rows:
-            import pyarrow.compute as pc
-
-            table = table.filter(pc.equal(table["run_id"], run_id))
         ops = operator_plan(recipe, stages)
-        stats = aggregate(table, [s.name if op.kind == "stages" else "encode" for op in ops
-                                  for s in (op.stages or [None])])
+        stats = aggregate(read_manifest(run_dir, run_id=run_id),
+                          [s.name if op.kind == "stages" else "encode" for op in ops for s in (op.stages or [None])])
         stats.update({"run_id": run_id, "fingerprint": fingerprint, "wall_s": round(wall, 2),
                       "skipped": the_plan.skipped, "recovered": removed})
-        (run_dir / "stats").mkdir(exist_ok=True)
-        (run_dir / "stats" / f"{run_id}.json").write_text(json.dumps(stats, indent=2))
-        (run_dir / "stats.json").write_text(json.dumps(stats, indent=2))
-        info = json.loads((run_dir / "run.json").read_text())
+        storage.write_text(storage.join(run_dir, "stats", f"{run_id}.json"), json.dumps(stats, indent=2))
+        storage.write_text(storage.join(run_dir, "stats.json"), json.dumps(stats, indent=2))
+        merged = compact(run_dir, min_chunks=recipe.shards.compact_after)
+        if merged["chunks"]:
+            log(f"manifest compacted: {merged['chunks']} chunks, {merged['records']} records in one file")
         info.update({"finished_at": time.time(), "stats": f"stats/{run_id}.json"})
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        storage.write_text(storage.join(run_dir, "run.json"), json.dumps(info, indent=2, default=str))
         return stats
 
 
-def _settle(run_dir: Path, run_id: str, fingerprint: str, max_attempts: int, log: Callable[[str], None]) -> None:
-    """Record the units whose worker died in this run (the driver lived to see it), then drop the attempt logs."""
-    import shutil
-
-    table = for_fingerprint(read_manifest(run_dir, ["unit", "run_id", "fingerprint"]), fingerprint)
-    recorded = {u for u, r in zip(table.column("unit").to_pylist(), table.column("run_id").to_pylist())
-                if r == run_id}
-    records = settle(run_dir, run_id, recorded, fingerprint, max_attempts)
+def _settle(ray: Any, ledger: Any, run_dir: str, run_id: str, fingerprint: str, max_attempts: int,
+            log: Callable[[str], None]) -> None:
+    """Record the units whose worker died in this run (the driver lived to see it)."""
+    report = ray.get(ledger.report.remote())
+    ray.kill(ledger)
+    recorded = set(read_manifest(run_dir, ["unit"], run_id=run_id).column("unit").to_pylist())
+    records = settle(report, run_id, recorded, fingerprint, max_attempts)
     if records:
         write_chunk(run_dir, f"{run_id}-deaths", records)
         for r in records:
-            log(f"{r['status']}: {Path(r['path']).name} ({r['unit']}): {r['reason']}")
-    shutil.rmtree(attempts_dir(run_dir, run_id), ignore_errors=True)
+            log(f"{r['status']}: {storage.name(r['path'])} ({r['unit']}): {r['reason']}")
+    discard_faults(run_id)
 
 
-def _execute(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any], run_dir: str, run_id: str,
+def _execute(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], run_dir: str, run_id: str,
              fingerprint: str, log: Callable[[str], None]) -> None:
     import ray.data
 
@@ -279,14 +277,14 @@ def _execute(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any], run_d
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-            _build_and_run(ray, recipe, todo, stages, run_dir, run_id, fingerprint, log)
+            _build_and_run(ray, recipe, the_plan, stages, run_dir, run_id, fingerprint, log)
     finally:
         for k, v in saved.items():
             setattr(ctx, k, v)
         ctx.execution_options.preserve_order = saved_order
 
 
-def _build_and_run(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any], run_dir: str, run_id: str,
+def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], run_dir: str, run_id: str,
                    fingerprint: str, log: Callable[[str], None]) -> None:
     import ray.data
 
@@ -303,7 +301,8 @@ def _build_and_run(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any],
         return RunContext(run_dir=run_dir, run_id=run_id, fingerprint=fingerprint, reraise=recipe.run.reraise,
                           max_attempts=recipe.run.max_attempts, unit_timeout_s=timeout, threads=_threads(res))
 
-    env = {"env_vars": {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    env = {"env_vars": {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2",
+                        **storage.forwarded_env(with_secrets=not recipe.run.address)}}
     user_modules = user_stage_modules(recipe.stages)
 
     probe_res = resources_for("probe", recipe, DEFAULTS["probe"])
@@ -315,11 +314,13 @@ def _build_and_run(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any],
         fit_to_machine([ex_res] + [op.resources for op in ops], [probe_res, write_res],
                        float(ray.cluster_resources().get("CPU", 1)), log)
 
-    rows = task_rows(todo)
+    rows = task_rows(the_plan.todo)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))
+    complete_ids = ray.put(the_plan.complete_ids) if the_plan.complete_ids else None
     ds = ds.map_batches(_probe_rows, batch_size=1, fn_kwargs={"ctx": run_ctx(probe_res, clip_units=False),
-                                                              "window_s": recipe.clips.window_s},
-                        **_remote_args(probe_res, retries, actor=False))
+                                                              "window_s": recipe.clips.window_s,
+                                                              "complete_ids": complete_ids},
+                        runtime_env=env, **_remote_args(probe_res, retries, actor=False))
     ds = ds.map_batches(ExtractOp, batch_size=1, compute=_pool(ex_res),
                         fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(ex_res, clip_units=False),
                                                "clips_per_unit": recipe.run.clips_per_unit},
@@ -343,7 +344,7 @@ def _build_and_run(ray: Any, recipe: Recipe, todo: list[Any], stages: list[Any],
                             runtime_env=renv, **_remote_args(res, retries, actor=True))
     sink = ShardSink(run_dir, run_id, fingerprint, recipe.shards.max_samples, recipe.shards.max_bytes,
                      recipe.shards.units_per_write, package_versions())
-    ds.write_datasink(sink, ray_remote_args=_remote_args(write_res, retries, actor=False))
+    ds.write_datasink(sink, ray_remote_args={**_remote_args(write_res, retries, actor=False), "runtime_env": env})
 
 
 def fit_to_machine(pools: list[Resources], tasks: list[Resources], cpus: float, log: Callable[[str], None]) -> None:
@@ -366,13 +367,14 @@ def _thread_env(res: Resources) -> dict[str, str]:
     return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
-def _probe_rows(batch: dict[str, Any], ctx: Any, window_s: float) -> dict[str, Any]:
+def _probe_rows(batch: dict[str, Any], ctx: Any, window_s: float, complete_ids: Any = None) -> dict[str, Any]:
     from pipeline.operators import ProbeOp
 
-    return ProbeOp(ctx, window_s)(batch)
+    return ProbeOp(ctx, window_s, complete_ids)(batch)
 
 
 def print_stats(stats: dict[str, Any], run_dir: str, log: Callable[[str], None] = print) -> None:
     log("")
     log(format_table(stats))
-    log(f"run directory: {run_dir} (shards in {Path(run_dir) / 'shards'}, stats in {Path(run_dir) / 'stats.json'})")
+    log(f"run directory: {run_dir} (shards in {storage.join(run_dir, 'shards')}, stats in "
+        f"{storage.join(run_dir, 'stats.json')})")

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.faults import fault_point
 
 SCHEMA_VERSION = 1
@@ -99,8 +101,8 @@ class ShardWriter:
     """
 
     def __init__(self, directory: str | Path, prefix: str, max_samples: int, max_bytes: int, on_commit=None):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = str(directory)
+        storage.makedirs(self.dir)
         self.prefix = prefix
         self.max_samples = max_samples
         self.max_bytes = max_bytes
@@ -108,6 +110,7 @@ class ShardWriter:
         self.seq = 0
         self._tar: tarfile.TarFile | None = None
         self._file = None
+        self._spool = ""
         self._name = ""
         self._keys: list[str] = []
         self._bytes = 0
@@ -116,7 +119,14 @@ class ShardWriter:
     def _open(self) -> None:
         self._name = f"{self.prefix}-{self.seq:05d}{SHARD_SUFFIX}"
         self.seq += 1
-        self._file = open(self.dir / (self._name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX), "wb")
+        # A local shard is written beside its final name (a rename on one filesystem); a shard for a bucket is
+        # spooled on this node's disk and uploaded whole when complete.
+        if storage.is_local(self.dir):
+            self._spool = storage.join(storage.canonical(self.dir), self._name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
+        else:
+            fd, self._spool = tempfile.mkstemp(prefix=f"{self._name}.", suffix=TMP_SUFFIX)
+            os.close(fd)
+        self._file = open(self._spool, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._keys = []
         self._bytes = 0
@@ -159,19 +169,20 @@ class ShardWriter:
         return self._name if self._tar is not None else None
 
     def commit(self) -> CommittedShard | None:
-        """Close, flush and rename the open shard into place."""
+        """Close and flush the open shard, then put it in place whole (a rename, or an upload)."""
         if self._tar is None:
             return None
         self._tar.close()
         assert self._file is not None
         self._file.flush()
         os.fsync(self._file.fileno())
+        size = self._file.tell()
         self._file.close()
-        tmp = self.dir / (self._name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
-        final = self.dir / self._name
-        os.replace(tmp, final)
+        storage.put_file(self._spool, storage.join(self.dir, self._name))
+        if os.path.exists(self._spool):  # an upload leaves the spool behind
+            os.unlink(self._spool)
         fault_point("shard-renamed")
-        shard = CommittedShard(self._name, list(self._keys), final.stat().st_size)
+        shard = CommittedShard(self._name, list(self._keys), size)
         self.committed.append(shard)
         self._tar = None
         self._file = None
@@ -187,8 +198,8 @@ class ShardWriter:
                 assert self._file is not None
                 self._file.close()
             finally:
-                tmp = self.dir / (self._name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
-                tmp.unlink(missing_ok=True)
+                if os.path.exists(self._spool):
+                    os.unlink(self._spool)
                 self._tar = None
                 self._file = None
 
@@ -244,10 +255,10 @@ class Sample:
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for each sample of one tar, in file order."""
+    """(key, {ext: bytes}) for each sample of one tar (a local path or a URL, streamed), in file order."""
     current: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(path, mode="r|") as tar:
+    with storage.open_input(str(path)) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for info in tar:
             if not info.isfile():
                 continue

@@ -14,18 +14,18 @@ OUTCOME_ORDER = ("done", "failed", "quarantined", "filtered")
 def aggregate(records: pa.Table, order: list[str] | None = None) -> dict[str, Any]:
     """Sum the per-unit stage stats of manifest records into the run's stats (stages in ``order`` first: the order
     they ran in)."""
-    names = ["kind", "path", "status", "stats", "facts", "probe", "keys"]
+    names = ["kind", "path", "window", "status", "stats", "facts", "probe", "keys"]
     cols = records.select(names).to_pydict() if records.num_rows else {n: [] for n in names}
     stages: dict[str, dict[str, Any]] = {}
     outcome: dict[str, set[str]] = {}  # path -> statuses of its records in this run
     units: dict[str, int] = {}
     video_s = 0.0
     samples = 0
-    for kind, path, status, stats_json, facts_json, probe_json, keys in zip(*(cols[n] for n in names)):
+    for kind, path, window, status, stats_json, facts_json, probe_json, keys in zip(*(cols[n] for n in names)):
         # A source's outcome comes from its units; a window's own record says only that extraction produced
-        # clips ("done"), or why it produced none.
+        # clips ("done"), or why it produced none. A record of the whole source (window -1) is its outcome.
         outcome.setdefault(path, set())
-        if kind == "unit" or status != "done":
+        if kind == "unit" or status != "done" or window == -1:
             outcome[path].add(status)
         if kind == "unit":
             units[status] = units.get(status, 0) + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ray Data logs every dataset's operator stats at INFO, many kilobytes a line: keep test reports readable.
+logging.getLogger("ray.data").setLevel(logging.WARNING)
 SAMPLES = ROOT / "datasets" / "samples"
 VIDEOS = SAMPLES / "videos"
 
@@ -37,3 +40,41 @@ def write_recipe(path: Path, sources: list[str | Path], output: Path, **sections
     raw.update(sections)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))  # stages run in the order the recipe lists them
     return path
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API server on localhost (moto's threaded server), started and stopped by the test run, with the
+    environment a boto or pyarrow user sets: ``AWS_ENDPOINT_URL`` and credentials. ``s3.bucket(name)`` creates a
+    bucket; ``s3.endpoint`` is the server's URL."""
+    from types import SimpleNamespace
+
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (a dev dependency) is not installed")
+    import pyarrow.fs as pafs
+
+    from pipeline import storage
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage._FS.clear()
+    admin = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                              allow_bucket_creation=True, access_key="test", secret_key="test")
+
+    def bucket(name: str) -> str:
+        admin.create_dir(name)
+        return f"s3://{name}"
+
+    yield SimpleNamespace(endpoint=endpoint, bucket=bucket, env=env)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage._FS.clear()
+    server.stop()

@@ -186,10 +186,10 @@ def test_worker_death_without_retries_is_quarantined_over_runs(ray_local, two_so
 
 def test_unit_past_its_time_limit_fails_with_the_reason(ray_local, two_sources, tmp_path):
     recipe = load_recipe(_fault_recipe(tmp_path, two_sources, tmp_path / "run", "hang", max_attempts=1,
-                                       unit_timeout_s=3))
+                                       resources={FAIL_STAGE: {"timeout_s": 3}}))
     assert curate(recipe, log=lambda m: None)["sources"] == {"done": 1, "quarantined": 1}
     (rec,) = [r for r in _status_of(tmp_path / "run", two_sources[0].name) if r["kind"] == "unit"]
-    assert "ran past run.unit_timeout_s in stage 'fail_on'" in rec["reason"]
+    assert "ran past its time limit in stage 'fail_on'" in rec["reason"]
 
 
 def _run_cli_until(recipe_path: Path, run_dir: Path, env_extra: dict[str, str], kill_when=None,

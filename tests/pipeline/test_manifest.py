@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from pipeline.item import DONE, FAILED, FILTERED, QUARANTINED
 from pipeline.manifest import committed_shards, plan, read_manifest, recover, write_chunk
@@ -88,5 +89,5 @@ def test_recover_removes_tmp_files_and_uncommitted_shards(tmp_path):
     removed = recover(tmp_path)
     assert removed == {"tmp_files": 2, "orphan_shards": 1}
     assert sorted(p.name for p in sd.iterdir()) == ["r-1-00000.tar"]
-    assert [p.name for p in committed_shards(tmp_path, "f1")] == ["r-1-00000.tar"]
+    assert [Path(p).name for p in committed_shards(tmp_path, "f1")] == ["r-1-00000.tar"]
     assert committed_shards(tmp_path, "other") == []
