@@ -224,8 +224,12 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, limit: i
     from pipeline.media import mux_mp4
     from pipeline.shards import read_run
 
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "inspect"
+    from pipeline import storage
+
+    run_dir = storage.canonical(run_dir)
+    # A run in a bucket gets its sheets on this machine (./inspect-<name>) unless --out says otherwise.
+    out = Path(out_dir) if out_dir else (Path(run_dir) / "inspect" if storage.is_local(run_dir)
+                                         else Path(f"inspect-{storage.name(run_dir)}"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n, sample in enumerate(read_run(run_dir)):
@@ -255,7 +259,7 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, limit: i
                  + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in drops) + "</table>"
                  if drops else "")
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>inspect " + html.escape(run_dir.name) + "</title>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>inspect " + html.escape(storage.name(run_dir)) + "</title>"
         "<style>body{font-family:sans-serif} td{vertical-align:top;padding:6px}</style></head><body>"
         f"<h1>{html.escape(str(run_dir))}</h1><p>{len(rows)} samples</p>"
         "<table border='1'>" + "".join(rows) + "</table>" + drop_html + "</body></html>")
