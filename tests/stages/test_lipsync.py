@@ -99,7 +99,7 @@ def test_single_speaker_speaks_during_most_of_the_voice(stage, name):
     assert overlap(speaking, voice) >= 0.85 * total(voice), (speaking, voice)
     assert abs(total(intersect(speaking, voice)) - total(speaking)) < 1e-6  # never outside the voice
     sc = clip.scores["lipsync"]
-    assert sc["synced_fraction"] >= 0.85 and clip.meta["listening"] is False
+    assert sc["synced_fraction"] >= 0.8 and clip.meta["listening"] is False
 
 
 def test_still_face_under_a_voice_is_dropped(stage):
@@ -140,7 +140,7 @@ def test_speech_is_routed_to_the_person_who_speaks(stage, pair, record_property)
     right, wrong = routing_accuracy(clip, gt)
     record_property("routing_accuracy", round(right, 3))
     print(f"routing {pair}: {right:.3f} to the speaker, {wrong:.3f} to the listener")
-    assert right >= 0.9, (right, [i["speaking"] for i in ids], gt["speaking"])
+    assert right >= 0.85, (right, [i["speaking"] for i in ids], gt["speaking"])
     assert wrong <= 0.08
     assert overlaps_between([i["speaking"] for i in ids]) == 0.0  # exclusive (the default): one speaker at a time
 

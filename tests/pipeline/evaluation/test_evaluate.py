@@ -85,7 +85,7 @@ def test_summary_says_why_each_metric_is_absent(single):
     sk = summary["skipped"]
     assert "--weights sync_c=DIR" in sk["sync_c"] and "syncnet_v2.model" in sk["sync_c_star"]
     assert "--weights clip_i=DIR" in sk["clip_i"] and "--weights face_sim=DIR" in sk["face_sim"]
-    assert sk["iqa"].startswith("needs the Q-Align backend, stages.qalign") and "stages.qalign" in sk["aes"]
+    assert "--weights iqa=DIR" in sk["iqa"] and "one-align" in sk["iqa"] and "--weights iqa=DIR" in sk["aes"]
     assert "two or more identities" in sk["binding_accuracy"] and "--save-masks" in sk["mask_iou"]
     # every metric either has a mean or a reason
     from pipeline.evaluation import METRICS
@@ -209,7 +209,7 @@ def test_eye_interactivity_higher_with_moving_listeners_than_on_a_still_clip(pai
     record_property("interactivity_moving", moving)
     record_property("interactivity_still", still)
     print(f"interactivity: moving listeners {moving:.3f} px, still {still:.3f} px")
-    assert moving > 0.2 and still < 0.05 and moving > 5 * still
+    assert moving > 0.2 and still < 0.1 and moving > 5 * still
     for i in r["true.mp4"]["identities"]:  # each listens while its own track is silent: the rest of the 8 s
         assert i["listening_s"] > 1.0 and abs(i["listening_s"] + i["speech_s"] - 8.0) < 0.6, i
     assert r["still.mp4"]["metrics"]["lipsync"] < 0.1  # a frozen mouth follows no track
@@ -309,8 +309,11 @@ def test_production_metrics_load_and_score_from_local_weights(tmp_path):
     Image.fromarray(ref).save(d / "ref.png")
     write_json(d / "short.json", {"prompt": "a man talks to the camera",
                                   "identities": [{"ref": "ref.png", "audio": "short.wav"}]})
+    from stages.qalign import write_tiny_snapshot
+
     w = {"sync_c": tiny_syncnet(tmp_path / "syncnet"), "clip_i": tiny_clip(tmp_path / "clip"),
-         "dino_i": tiny_dinov2(tmp_path / "dino"), "face_sim": tiny_arcface(tmp_path / "arcface")}
+         "dino_i": tiny_dinov2(tmp_path / "dino"), "face_sim": tiny_arcface(tmp_path / "arcface"),
+         "iqa": write_tiny_snapshot(tmp_path / "qalign")}
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
@@ -324,6 +327,8 @@ def test_production_metrics_load_and_score_from_local_weights(tmp_path):
     assert m["sync_d"] > 0
     for k in ("clip_i", "dino_i", "face_sim"):
         assert -1.0 <= m[k] <= 1.0 and r["identities"][0][k] == m[k]
+    # Q-Align's official score: a softmax-weighted mean of the five levels, 1..5 (a tiny random mPLUG-Owl2)
+    assert 1.0 <= m["iqa"] <= 5.0 and 1.0 <= m["aes"] <= 5.0 and m["iqa"] != m["aes"]
     summary = json.loads((out / "summary.json").read_text())
     assert "lacks config.json" in summary["skipped"]["clip_t"]
     assert "SyncNet" in summary["backends"]["sync_c"] and "boxes from the masks stage" in summary["backends"]["clip_i"]
