@@ -24,7 +24,13 @@ import torch.nn as nn
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """Initialise the process group from torchrun's environment (single process without it)."""
+    """Initialise the process group from torchrun's environment (single process without it). A torchrun worker
+    also asks to die with its launcher (``model.launch.die_with_parent``): torch elastic starts workers in their own
+    session, so a launcher killed with SIGKILL would otherwise leave them training."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from model.launch import die_with_parent
+
+        die_with_parent()
     if "RANK" in os.environ and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)

@@ -18,6 +18,10 @@ The output directory holds ``checkpoints/step_*`` (DCP: model, optimizer; schedu
 the final ``model/`` (``save_pretrained``, what the sampler loads). Rerunning the same command resumes from
 ``latest`` and continues the same loss curve: noise and timesteps come from generators seeded by
 (seed, step, micro-batch, rank), and the data stream restarts at its saved position.
+
+Fault injection (tests): with ``INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP=N`` in the environment, each process stops
+working after step N (its metrics and, on a checkpoint step, its checkpoint written) and sleeps until it is killed,
+so a test can kill the workers at a known point.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -316,6 +321,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
 
         writer = SummaryWriter(str(out / "tb"))
     it = iter(stream)
+    hold_after = int(os.environ.get("INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP") or 0)
     last: dict[str, Any] = {}
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     for step in range(start, end):
@@ -357,6 +363,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler,
                             {"data": stream.state_dict(), "rng": torch.random.get_rng_state()},
                             keep=cfg.keep_checkpoints)
+        if step + 1 == hold_after:
+            print(f"INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP={hold_after}: holding (kill me)", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
     if end == cfg.steps:
         export_model(out / "model", model)
     if rank == 0:

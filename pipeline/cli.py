@@ -294,8 +294,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import subprocess
-
     from model.train import load_train_config
     from pipeline.recipe import RecipeError
 
@@ -312,9 +310,13 @@ def _train(args: argparse.Namespace) -> int:
         if args.command == "precompute":
             return 0
     if args.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "model.train", args.recipe, *sum((["--set", o] for o in args.overrides), [])]
-        return subprocess.call(cmd, cwd=PROJECT_ROOT)
+        # torchrun starts its workers in their own sessions: run_torchrun forwards SIGINT/SIGTERM/SIGHUP to it and
+        # kills any worker session still alive when it returns (model/launch.py)
+        from model.launch import run_torchrun, torchrun_command
+
+        recipe = str(Path(args.recipe).resolve())  # torchrun runs in the project root
+        cmd = torchrun_command(args.nproc, "model.train", [recipe, *sum((["--set", o] for o in args.overrides), [])])
+        return run_torchrun(cmd, cwd=PROJECT_ROOT, log=log)
     from model.train import train
 
     last = train(cfg)
