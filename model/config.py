@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 QK_NORMS = (None, "rms_norm_across_heads")
+MASK_HEAD_LAYERS = ("last", "all")
 
 # Keys of a diffusers WanTransformer3DModel config.json that this model reads; every other non-private key is an error.
 WAN_BACKBONE_KEYS = (
@@ -61,7 +62,8 @@ class InterActHumanConfig:
     # --- mask head (new) ---
     mask_head_dim: int = 256  # width of the mask head's shared projection
     mask_head_heads: int = 4  # heads of its cross-attention; mask_head_dim / heads must be even (3D RoPE)
-    mask_head_blocks: int = 8  # K: heads sit in the last K blocks, the final mask is the mean over them
+    mask_head_blocks: int = 8  # K: the final mask is the mean of the heads of the last K blocks
+    mask_head_layers: str = "last"  # "last": heads in the last K blocks only; "all": a head in every block (paper)
     mask_init_prob: float = 0.1  # initial foreground probability of a mask head (bias of its last layer)
     # --- flow matching ---
     flow_shift: float = 5.0  # timestep shift t' = s t / (1 + (s - 1) t); Wan uses 3.0 at 480p, 5.0 at 720p
@@ -115,6 +117,8 @@ class InterActHumanConfig:
                 f"mask_head_heads: head size mask_head_dim/mask_head_heads="
                 f"{self.mask_head_dim // self.mask_head_heads} must be even for 3D RoPE"
             )
+        if self.mask_head_layers not in MASK_HEAD_LAYERS:
+            raise ValueError(f"mask_head_layers: expected one of {MASK_HEAD_LAYERS}, got {self.mask_head_layers!r}")
         if self.mask_head_blocks > self.num_layers:
             raise ValueError(f"mask_head_blocks: {self.mask_head_blocks} exceeds num_layers={self.num_layers}")
         if not _is_number(self.mask_init_prob) or not 0 < self.mask_init_prob < 1:

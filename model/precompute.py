@@ -3,7 +3,8 @@
 For each committed shard of a curation run, a Ray actor holding the frozen encoders (VAE, UMT5, wav2vec2; loaded
 once per actor) builds every training example (``model.data.build_examples``: VAE latents, caption embeddings,
 per-identity audio features, token-grid mask targets, reference latents) and writes them to a feature shard of the
-same name under ``<run>/features/<tag>/``, as ``<key>-w<window>.pth`` members. ``tag`` hashes the data config and the
+same name under ``<run>/features/<tag>/``, as ``<key>-w<window>.pth`` members, plus ``muted.pth`` (the audio
+features of silence that tokens outside every mask hear in stage multi). ``tag`` hashes the data config and the
 encoders, so features built for another resolution or other weights are never mixed in. Each feature shard is written
 under a temporary name and renamed when complete; a rerun skips shards already done, and ``DONE`` marks a complete
 set. The trainer reads feature shards when ``DONE`` is there, and builds examples on the fly otherwise.
@@ -106,5 +107,19 @@ def precompute(cfg: Any, address: str | None = None, log: Callable[[str], None] 
         rows = ds.take_all()
         log(f"precompute: wrote {sum(int(r['examples']) for r in rows)} examples "
             f"({sum(float(r['cpu_s']) for r in rows):.1f} CPU-s)")
+    from model.data import muted_audio_features
+    from model.train import MUTED_FILE, build_audio_encoder
+
+    if not (out / MUTED_FILE).is_file():  # the features of silence (the muted audio outside masks), once per run
+        muted = muted_audio_features(build_audio_encoder(cfg), cfg.frames)
+        torch_save_atomic(muted, out / MUTED_FILE)
     (out / "DONE").write_text(json.dumps({"shards": sorted(s.name for s in shards), "tag": out.name}))
     return out
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 
 STAGES = ("audio", "multi")
+OUTSIDE_AUDIO = ("muted", "none")
+MASK_SUPERVISION = ("final", "per_layer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -73,10 +75,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
-    text_drop: float = 0.1  # classifier-free guidance dropout of the caption
-    audio_drop: float = 0.1  # ... and of the audio
+    # classifier-free guidance dropout: both together with joint_drop, else each independently (see draw_conditions)
+    joint_drop: float = 0.1  # caption and audio dropped together: the sampler's unconditional row
+    text_drop: float = 0.1  # the caption alone (the audio-only row of separate text/audio scales)
+    audio_drop: float = 0.1  # the audio alone
     mask_gate_free: float = 0.5  # stage multi: share of samples trained with global audio; only these get the mask
     # loss, since with ground-truth gates the mask head can read its answer off where the audio went
+    outside_audio: str = "muted"  # stage multi: tokens outside every mask hear silence ("muted") or nothing ("none")
+    mask_supervision: str = "final"  # focal loss on the final mask, or on each head's mask ("per_layer")
     # execution
     param_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     activation_checkpointing: bool = True
@@ -107,7 +113,11 @@ class TrainConfig:
         for f in ("lr", "grad_clip"):
             if getattr(self, f) <= 0:
                 bad(f, f"must be > 0, got {getattr(self, f)}")
-        for f in ("text_drop", "audio_drop", "min_lr_ratio", "mask_gate_free"):
+        if self.outside_audio not in OUTSIDE_AUDIO:
+            bad("outside_audio", f"must be one of {', '.join(OUTSIDE_AUDIO)}, got {self.outside_audio!r}")
+        if self.mask_supervision not in MASK_SUPERVISION:
+            bad("mask_supervision", f"must be one of {', '.join(MASK_SUPERVISION)}, got {self.mask_supervision!r}")
+        for f in ("joint_drop", "text_drop", "audio_drop", "min_lr_ratio", "mask_gate_free"):
             if not 0 <= getattr(self, f) <= 1:
                 bad(f, f"must be in [0, 1], got {getattr(self, f)}")
         if len(self.betas) != 2:
@@ -172,6 +182,31 @@ def _backbone_keys() -> set[str]:
     return set(WAN_BACKBONE_KEYS)
 
 
+def build_audio_encoder(cfg: TrainConfig) -> Any:
+    """Only the audio encoder of the stack (what the features of silence need)."""
+    if cfg.wan_dir:
+        from model.encoders import AudioEncoder
+
+        return AudioEncoder.from_pretrained(cfg.audio_dir)
+    return build_stack(cfg).audio
+
+
+def muted_features(cfg: TrainConfig, shards: list[Path], features: bool, stack: Any | None) -> torch.Tensor | None:
+    """Features of silence [frames, audio_dim] for ``outside_audio="muted"`` in stage multi (None otherwise): from
+    the feature directory's ``muted.pth`` (written by precompute), else encoded here."""
+    from model.data import muted_audio_features
+
+    if cfg.stage != "multi" or cfg.outside_audio != "muted":
+        return None
+    saved = shards[0].parent / MUTED_FILE if features and shards else None
+    if saved is not None and saved.is_file():
+        return torch.load(saved, weights_only=True)
+    return muted_audio_features(stack.audio if stack is not None else build_audio_encoder(cfg), cfg.frames)
+
+
+MUTED_FILE = "muted.pth"
+
+
 def build_stack(cfg: TrainConfig) -> Any:
     from model.stack import EncoderStack
 
@@ -210,42 +245,71 @@ def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.
     return torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 8191 + rank)
 
 
+def draw_conditions(batch: int, cfg: TrainConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-sample draws of one micro-batch (bool [B] each): keep_text, keep_audio, gate_free.
+
+    Classifier-free guidance dropout: with probability ``joint_drop`` caption and audio are dropped together (the
+    sampler's unconditional row), otherwise each independently with ``text_drop`` / ``audio_drop``. With the defaults
+    (0.1 each) both are dropped in 0.1 + 0.9 * 0.01 = 10.9% of samples (1% without the joint drop), the caption alone
+    in 8.1% (the audio-only row of separate text and audio scales), the audio alone in 8.1%. The paper gives no
+    rates; 10% per condition is the common choice of audio-driven Wan fine-tunes, and the joint term makes the
+    unconditional state of the shared-scale sampler as frequent as either single drop."""
+    joint = torch.rand(batch, generator=g) < cfg.joint_drop
+    keep_text = ~joint & (torch.rand(batch, generator=g) >= cfg.text_drop)
+    keep_audio = ~joint & (torch.rand(batch, generator=g) >= cfg.audio_drop)
+    gate_free = torch.rand(batch, generator=g) < cfg.mask_gate_free
+    return {"keep_text": keep_text, "keep_audio": keep_audio, "gate_free": gate_free}
+
+
 def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.Generator, device: torch.device,
-                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One micro-batch: noise, flow time, CFG dropout, forward, flow + focal losses, batch mask IoU."""
-    from model.losses import flow_matching_pair, interacthuman_loss, sample_flow_time
+                 dtype: torch.dtype, muted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One micro-batch: noise, flow time, CFG dropout, forward, flow + focal losses, batch mask IoU.
+
+    Stage ``multi``: a sample's audio is gated by its ground-truth masks, except where it hears global audio
+    (gates all ones): samples without masks, the ``gate_free`` share, and samples whose audio is dropped (the
+    sampler's unconditional row has gates all ones too). The mask loss applies exactly where the gates carry no
+    mask (the global-audio samples that have masks), over their valid (identity, frame) pairs. ``muted`` [T, D]:
+    features of silence, heard outside the masks (``outside_audio="muted"``)."""
+    from model.losses import LossConfig, flow_matching_pair, interacthuman_loss, sample_flow_time
 
     x0 = batch["latents"]
     B = x0.shape[0]
     noise = torch.randn(x0.shape, generator=g)
     t = sample_flow_time(B, model.model_config.flow_shift, g)
     xt, target = flow_matching_pair(x0, noise, t)
-    keep_text = (torch.rand(B, generator=g) >= cfg.text_drop).float()
-    keep_audio = (torch.rand(B, generator=g) >= cfg.audio_drop).float()
+    draws = draw_conditions(B, cfg, g)
+    keep_text, keep_audio = draws["keep_text"].float(), draws["keep_audio"].float()
     text = batch["text_emb"] * keep_text[:, None, None]
     audio = batch["audio_feats"] * keep_audio[:, None, None, None]
     multi = cfg.stage == "multi"
-    gates = batch["mask_target"] if multi else None
-    # Mask supervision only where the gates carry no mask: gate-free samples hear global audio (as the sampler does
-    # before its mask cache starts); gated samples teach each identity's audio routing through the flow loss.
-    gate_free = torch.rand(B, generator=g) < cfg.mask_gate_free
-    if multi:  # a sample without masks gets global audio and no mask loss
-        global_audio = ~batch["has_masks"] | gate_free
-        gates = torch.where(global_audio[:, None, None, None, None], torch.ones_like(gates), gates)
+    gates = muted_audio = None
+    supervised = torch.zeros(B, dtype=torch.bool)
+    if multi:
+        global_audio = ~batch["has_masks"] | draws["gate_free"] | ~draws["keep_audio"]
+        gates = torch.where(global_audio[:, None, None, None, None], torch.ones_like(batch["mask_target"]),
+                            batch["mask_target"])
+        supervised = batch["has_masks"] & global_audio
+        if cfg.outside_audio == "muted":
+            if muted is None:
+                raise ValueError("outside_audio='muted' needs the features of silence (muted)")
+            muted_audio = muted[None].expand(B, *muted.shape) * keep_audio[:, None, None]
     to = dict(device=device)
     out = model(
         latents=xt.to(**to, dtype=dtype), timestep=(t * 1000).to(**to), text_emb=text.to(**to, dtype=dtype),
         ref_latents=batch["ref_latents"].to(**to, dtype=dtype), audio_feats=audio.to(**to, dtype=dtype),
         audio_gates=gates.to(**to, dtype=dtype) if gates is not None else None,
         identity_valid=batch["identity_valid"].to(device),
+        muted_audio=muted_audio.to(**to, dtype=dtype) if muted_audio is not None else None,
     )
-    mask_valid = batch["mask_valid"] & (batch["has_masks"] & gate_free)[:, None, None]
+    mask_valid = batch["mask_valid"] & supervised[:, None, None]
     losses = interacthuman_loss(
         out, target.to(device), batch["mask_target"].to(device) if multi else None,
         mask_valid.to(device) if multi else None, batch["identity_valid"].to(device),
+        LossConfig(mask_supervision=cfg.mask_supervision),
     )
     if multi and out.mask is not None:
-        losses["mask_iou"] = mask_iou(out.mask.detach().float().cpu(), batch["mask_target"], mask_valid)
+        losses["mask_iou"] = mask_iou(out.mask.detach().float().cpu(), batch["mask_target"],
+                                      mask_valid & batch["identity_valid"][:, :, None])
     return losses
 
 
@@ -290,6 +354,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     shards, features = find_shards(cfg.data, cfg)
     stack = None if features else build_stack(cfg)
     stream = ExampleStream(shards, cfg.data_config(), stack, rank=rank, world=world)
+    muted = muted_features(cfg, shards, features, stack)
 
     model = build_model(cfg)
     model.train()
@@ -331,7 +396,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for micro in range(cfg.grad_accum):
             batch = collate([next(it) for _ in range(cfg.batch_size)], cfg.max_identities)
-            losses = compute_loss(model, batch, cfg, step_generator(cfg, step, micro, rank), device, dtype)
+            losses = compute_loss(model, batch, cfg, step_generator(cfg, step, micro, rank), device, dtype, muted)
             (losses["loss"] / cfg.grad_accum).backward()
             for k, v in losses.items():
                 v = v.detach()
