@@ -59,6 +59,7 @@ class InterActHumanConfig:
     audio_hidden_dim: int = 512  # hidden size of the audio projection MLP
     audio_tokens: int = 32  # audio tokens per latent frame and identity
     audio_token_dim: int = 768  # size of one audio token (the audio cross-attention's key/value input)
+    audio_attn_dim: int | None = None  # inner width of the audio cross-attention (None: the model dim, as MultiTalk)
     # --- mask head (new) ---
     mask_head_dim: int = 256  # width of the mask head's shared projection
     mask_head_heads: int = 4  # heads of its cross-attention; mask_head_dim / heads must be even (3D RoPE)
@@ -98,6 +99,10 @@ class InterActHumanConfig:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.audio_attn_dim is not None and (not _is_int(self.audio_attn_dim) or self.audio_attn_dim <= 0
+                                                or self.audio_attn_dim % self.attention_head_dim):
+            raise ValueError(f"audio_attn_dim: expected None or a positive multiple of attention_head_dim="
+                             f"{self.attention_head_dim}, got {self.audio_attn_dim!r}")
         if not _is_int(self.audio_context) or self.audio_context < 0:
             raise ValueError(f"audio_context: expected an int >= 0, got {self.audio_context!r}")
         if not isinstance(self.cross_attn_norm, bool):

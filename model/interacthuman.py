@@ -187,15 +187,16 @@ class GatedAudioCrossAttention(nn.Module):
     summed before the output projection (``to_out`` is linear): one [B, L_v, D] accumulator instead of N copies of
     the queries and N outputs at full width."""
 
-    def __init__(self, dim: int, token_dim: int, heads: int, eps: float):
+    def __init__(self, dim: int, token_dim: int, heads: int, eps: float, inner_dim: int | None = None):
         super().__init__()
+        inner = inner_dim or dim
         self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(token_dim, dim)
-        self.to_v = nn.Linear(token_dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(token_dim, inner)
+        self.to_v = nn.Linear(token_dim, inner)
+        self.norm_q = nn.RMSNorm(inner, eps=eps)
+        self.norm_k = nn.RMSNorm(inner, eps=eps)
+        self.to_out = nn.Linear(inner, dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -212,24 +213,26 @@ class GatedAudioCrossAttention(nn.Module):
 
         update = to_out.weight @ (sum_k w_k * attn_k) + (sum_k w_k) * to_out.bias, which equals
         sum_k w_k * to_out(attn_k): a token whose weights are all zero gets exactly zero."""
-        B, L_v, D = video.shape
+        B, L_v, _ = video.shape
         K, M = audio_tokens.shape[1], audio_tokens.shape[3]
+        D = self.to_q.out_features  # the inner width
         hw = L_v // num_frames
         q = self.norm_q(self.to_q(video))  # [B, L_v, D]
         # frame j's video tokens see frame j's audio tokens only: fold latent frames into the batch (a view of q)
         q = q.view(B * num_frames, hw, self.heads, -1).transpose(1, 2)  # [B*F, H, hw, d]
         k = self.norm_k(self.to_k(audio_tokens))  # [B, K, F, M, D]
         v = self.to_v(audio_tokens)  # [B, K, F, M, D]
-        w = weights.to(video.dtype).unsqueeze(-1)  # [B, K, L_v, 1]
+        w = weights.to(video.dtype)  # [B, K, L_v]
         acc = None
-        for n in range(K):  # one track at a time: transient memory does not grow with K
+        for n in range(K):  # one track at a time into one accumulator: transient memory does not grow with K
             k_n = k[:, n].reshape(B * num_frames, M, self.heads, -1).transpose(1, 2)  # [B*F, H, M, d]
             v_n = v[:, n].reshape(B * num_frames, M, self.heads, -1).transpose(1, 2)
             out = F.scaled_dot_product_attention(q, k_n, v_n)  # [B*F, H, hw, d]
-            out = out.transpose(1, 2).reshape(B, L_v, D)  # [B, L_v, D]
-            acc = out * w[:, n] if acc is None else acc.addcmul_(out, w[:, n])
+            w_n = w[:, n].reshape(B * num_frames, 1, hw, 1)  # the weights in the attention's layout
+            acc = out * w_n if acc is None else acc.addcmul_(out, w_n)
+        acc = acc.transpose(1, 2).reshape(B, L_v, D)  # [B, L_v, D]
         update = F.linear(acc, self.to_out.weight)  # [B, L_v, D]
-        return update.addcmul_(w.sum(dim=1), self.to_out.bias.to(update.dtype))
+        return update.addcmul_(w.sum(dim=1).unsqueeze(-1), self.to_out.bias.to(update.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -297,7 +300,9 @@ class InterActHumanBlock(WanTransformerBlock):
             dim, config.ffn_dim, config.num_attention_heads, config.qk_norm, config.cross_attn_norm, config.eps, None
         )
         self.norm_audio = FP32LayerNorm(dim, config.eps, elementwise_affine=True)
-        self.audio_attn = GatedAudioCrossAttention(dim, config.audio_token_dim, config.num_attention_heads, config.eps)
+        inner = config.audio_attn_dim or dim
+        self.audio_attn = GatedAudioCrossAttention(dim, config.audio_token_dim, inner // config.attention_head_dim,
+                                                   config.eps, inner)
         self.mask_head = (
             MaskHead(dim, config.mask_head_dim, config.mask_head_heads, config.eps, config.mask_init_prob)
             if with_mask_head
@@ -413,6 +418,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         audio_hidden_dim: int = 512,
         audio_tokens: int = 32,
         audio_token_dim: int = 768,
+        audio_attn_dim: int | None = None,
         mask_head_dim: int = 256,
         mask_head_heads: int = 4,
         mask_head_blocks: int = 8,
@@ -441,6 +447,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             audio_hidden_dim=audio_hidden_dim,
             audio_tokens=audio_tokens,
             audio_token_dim=audio_token_dim,
+            audio_attn_dim=audio_attn_dim,
             mask_head_dim=mask_head_dim,
             mask_head_heads=mask_head_heads,
             mask_head_blocks=mask_head_blocks,

@@ -60,6 +60,7 @@ def test_unknown_field_is_an_error_naming_it():
         ("mask_head_blocks", 3),  # tiny has 2 layers
         ("mask_head_heads", 3),  # 16 / 3
         ("mask_head_layers", "every"),
+        ("audio_attn_dim", 24),  # not a multiple of the head size 16
         ("mask_init_prob", 1.0),
         ("flow_shift", -1.0),
         ("audio_context", -1),

@@ -177,10 +177,12 @@ def test_tokens_outside_the_masks_hear_muted_audio():
     assert (blended[outside] - alone[0][0][outside]).abs().max() > 1e-3  # not identity 0's update
 
 
-def test_gated_outputs_are_summed_before_the_output_projection():
+@pytest.mark.parametrize("inner", [None, 16])
+def test_gated_outputs_are_summed_before_the_output_projection(inner):
     """The audio attention sums the weighted per-track outputs before to_out and scales its bias by the summed
-    weights: the same as projecting each track and summing (what it replaced), a token with zero weight gets 0."""
-    model = tiny_model(seed=9)
+    weights: the same as projecting each track and summing (what it replaced), a token with zero weight gets 0;
+    also with a narrower inner width (audio_attn_dim)."""
+    model = tiny_model(seed=9, audio_attn_dim=inner)
     randomize_audio_outputs(model)
     attn = model.blocks[0].audio_attn
     g = torch.Generator().manual_seed(4)

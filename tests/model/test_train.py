@@ -206,7 +206,8 @@ def test_stopping_the_launcher_stops_the_workers(curated, tmp_path):
     workers = _workers(cli.pid)
     assert len(workers) == 2, workers
     cli.send_signal(signal.SIGTERM)
-    assert cli.wait(timeout=90) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    # torchrun got the signal and stopped its workers itself: well before the command's 45 s kill deadline
+    assert cli.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     assert _gone(workers, timeout=5), [w.pid for w in workers if w.is_running()]
     # torchrun itself killed outright: its workers go with it (init_distributed makes each worker die with its
     # launcher; a bare script keeps this part cheap)
@@ -223,3 +224,21 @@ def test_stopping_the_launcher_stops_the_workers(curated, tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert _gone(workers, timeout=10), [w.pid for w in workers if w.is_running()]
+
+
+def test_kill_sessions_kills_a_workers_whole_session():
+    """What interacthuman train does with worker sessions torchrun left behind: the worker and what it started."""
+    import psutil
+
+    from model.launch import kill_sessions
+
+    code = "import subprocess, sys, time; subprocess.Popen(['sleep', '60']); print('up', flush=True); time.sleep(60)"
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    assert worker.stdout.readline().strip() == b"up"
+    proc = psutil.Process(worker.pid)
+    family = [proc, *proc.children(recursive=True)]
+    assert len(family) == 2
+    assert kill_sessions({worker.pid: proc.create_time()}) == [worker.pid]
+    worker.wait(timeout=10)
+    assert _gone(family, timeout=10)
+    assert kill_sessions({worker.pid: proc.create_time()}) == []  # gone (or a reused pid): left alone
