@@ -11,14 +11,14 @@ matches appearance scores the same), and IoU against the other identity (a head 
 referenced one, scores high there).
 
 Variants:
-  default       the model as built: every reference on RoPE frame t = F, the head as in ``model.interacthuman``
-                (shared projection, LayerNorm, separate q/k/v, RoPE, cross-attention, MLP on video + attended),
-                heads in the last K = 2 blocks supervised through their mean
-  indexed_rope  reference i on RoPE frame t = F + i (the previous scheme): the order can leak
-  paper_head    the head as the paper lists it: one shared projection to q, k, v, LayerNorm on q and k, RoPE,
-                cross-attention, 2-layer MLP on the attended feature alone (no residual from the video token)
-  per_layer     a head in every block (mask_head_layers="all"), each supervised by its own focal loss; final mask
-                the mean of the last K = 2
+  default        the model as built: every reference on RoPE frame t = F; the paper's head (one projection shared by
+                 video and reference tokens to q, k, v, LayerNorm of q and k, RoPE, cross-attention, 2-layer MLP on
+                 the attended feature alone); heads in the last K = 2 blocks, supervised through their mean
+  previous_head  the head before issue 13: shared projection, LayerNorm, separate q/k/v projections, RoPE,
+                 cross-attention, MLP on video token + attended feature (a residual)
+  indexed_rope   reference i on RoPE frame t = F + i (the previous scheme): the order can leak
+  per_layer      a head in every block (mask_head_layers="all"), each supervised by its own focal loss; final mask
+                 the mean of the last K = 2
 
 Writes ``--json`` (default runs/bench/mask_head_variants.json) and prints a table for docs/MODEL.md.
 """
@@ -44,7 +44,7 @@ from model.interacthuman import InterActHumanModel, InterActHumanRotaryPosEmbed,
 from model.losses import LossConfig  # noqa: E402
 from model.synthetic import BlobTask, evaluate, learning_model_config, make_batch, train_on_blobs  # noqa: E402
 
-VARIANTS = ("default", "indexed_rope", "paper_head", "per_layer")
+VARIANTS = ("default", "previous_head", "indexed_rope", "per_layer")
 T_LOW = (0.1, 0.2, 0.3)
 
 
@@ -57,16 +57,18 @@ class IndexedReferenceRope(InterActHumanRotaryPosEmbed):
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
-class PaperMaskHead(nn.Module):
-    """The paper's list: (1) one shared linear projection to q, k, v, (2) LayerNorm, (3) 3D RoPE, (4) cross-attention
-    of video tokens to one reference, (5) a 2-layer MLP on the attended feature, sigmoid outside."""
+class PreviousMaskHead(nn.Module):
+    """The head before issue 13: shared projection + LayerNorm, separate q/k/v projections, RoPE, cross-attention,
+    MLP on the video token plus the attended feature."""
 
     def __init__(self, dim: int, width: int, heads: int, eps: float, init_prob: float):
         super().__init__()
-        self.heads, self.width = heads, width
-        self.proj = nn.Linear(dim, 3 * width)
-        self.norm_q = FP32LayerNorm(width, eps)
-        self.norm_k = FP32LayerNorm(width, eps)
+        self.heads = heads
+        self.proj = nn.Linear(dim, width)
+        self.norm = FP32LayerNorm(width, eps)
+        self.to_q = nn.Linear(width, width)
+        self.to_k = nn.Linear(width, width)
+        self.to_v = nn.Linear(width, width)
         self.fc1 = nn.Linear(width, width)
         self.fc2 = nn.Linear(width, 1)
         nn.init.constant_(self.fc2.bias, math.log(init_prob / (1 - init_prob)))
@@ -74,17 +76,16 @@ class PaperMaskHead(nn.Module):
     def forward(self, video, refs, video_rope, ref_rope):
         B, L_v, _ = video.shape
         N, L_r = refs.shape[1], refs.shape[2]
-        q = F.linear(video, self.proj.weight[: self.width], self.proj.bias[: self.width])
-        kv = F.linear(refs.flatten(1, 2), self.proj.weight[self.width :], self.proj.bias[self.width :])
-        k, v = kv.chunk(2, dim=-1)
-        q = apply_rotary_emb(self.norm_q(q).type_as(video).unflatten(-1, (self.heads, -1)), *video_rope)
-        k = apply_rotary_emb(self.norm_k(k).type_as(video).unflatten(-1, (self.heads, -1)), *ref_rope)
-        v = v.unflatten(-1, (self.heads, -1))
+        hv = self.norm(self.proj(video)).type_as(video)
+        hr = self.norm(self.proj(refs.flatten(1, 2))).type_as(video)
+        q = apply_rotary_emb(self.to_q(hv).unflatten(-1, (self.heads, -1)), *video_rope)
+        k = apply_rotary_emb(self.to_k(hr).unflatten(-1, (self.heads, -1)), *ref_rope)
+        v = self.to_v(hr).unflatten(-1, (self.heads, -1))
         q = q.unsqueeze(1).expand(B, N, L_v, self.heads, -1).reshape(B * N, L_v, self.heads, -1).transpose(1, 2)
         k = k.reshape(B * N, L_r, self.heads, -1).transpose(1, 2)
         v = v.reshape(B * N, L_r, self.heads, -1).transpose(1, 2)
         matched = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, L_v, -1)
-        return self.fc2(F.gelu(self.fc1(matched))).squeeze(-1).float()
+        return self.fc2(F.gelu(self.fc1(hv.unsqueeze(1) + matched))).squeeze(-1).float()
 
 
 def build(variant: str, task: BlobTask, seed: int) -> tuple[InterActHumanModel, LossConfig]:
@@ -97,11 +98,11 @@ def build(variant: str, task: BlobTask, seed: int) -> tuple[InterActHumanModel, 
         model.rope = IndexedReferenceRope(config.attention_head_dim, config.patch_size, config.rope_max_seq_len)
         model.mask_rope = IndexedReferenceRope(config.mask_head_dim // config.mask_head_heads, config.patch_size,
                                                config.rope_max_seq_len)
-    if variant == "paper_head":
+    if variant == "previous_head":
         for block in model.blocks:
             if block.mask_head is not None:
-                block.mask_head = PaperMaskHead(config.dim, config.mask_head_dim, config.mask_head_heads, config.eps,
-                                                config.mask_init_prob)
+                block.mask_head = PreviousMaskHead(config.dim, config.mask_head_dim, config.mask_head_heads,
+                                                   config.eps, config.mask_init_prob)
     loss = LossConfig(mask_supervision="per_layer" if variant == "per_layer" else "final")
     return model, loss
 

@@ -20,8 +20,9 @@ Per block (numbers match the comments in ``InterActHumanBlock.forward``):
        tokens of frame j only; the output of identity n is multiplied by its gate (a mask over video tokens), summed
        over identities and added; the output projection starts at zero
     4. feed-forward (Wan)
-    5. mask head (last K blocks): shared projection + LayerNorm of video and reference tokens, 3D RoPE, cross-attention
-       from video tokens to one reference's tokens, 2-layer MLP -> one logit per (identity, video token)
+    5. mask head (last K blocks, or every block): one projection shared by video and reference tokens to q, k, v,
+       LayerNorm of q and k, 3D RoPE, cross-attention from video tokens to one reference's tokens, 2-layer MLP on the
+       attended feature -> one logit per (identity, video token)
 The final mask is the mean over the K heads of sigmoid(logit), returned next to the velocity.
 """
 
@@ -241,23 +242,28 @@ class GatedAudioCrossAttention(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Predicts, for each identity, which video tokens show it, by cross-attending video tokens to its reference."""
+    """Predicts, for each identity, which video tokens show it, by cross-attending video tokens to its reference.
+
+    As the paper lists it: (1) one linear projection shared by video and reference tokens to query, key and value,
+    (2) LayerNorm of the queries and keys, (3) 3D RoPE, (4) cross-attention of the video tokens to one reference's
+    tokens, (5) a 2-layer MLP on the attended feature alone -> one logit per (identity, video token). With no residual
+    from the video token the logit can only come from what the token found in the reference (measured against the
+    previous design, pre-norm + separate projections + residual: docs/MODEL.md)."""
 
     def __init__(self, dim: int, head_dim_total: int, heads: int, eps: float, init_prob: float):
         super().__init__()
         self.heads = heads
+        self.width = head_dim_total
         self.init_prob = init_prob
-        self.proj = nn.Linear(dim, head_dim_total)  # shared by video and reference tokens
-        self.norm = FP32LayerNorm(head_dim_total, eps)
-        self.to_q = nn.Linear(head_dim_total, head_dim_total)
-        self.to_k = nn.Linear(head_dim_total, head_dim_total)
-        self.to_v = nn.Linear(head_dim_total, head_dim_total)
+        self.proj = nn.Linear(dim, 3 * head_dim_total)  # q | k | v, shared by video and reference tokens
+        self.norm_q = FP32LayerNorm(head_dim_total, eps)
+        self.norm_k = FP32LayerNorm(head_dim_total, eps)
         self.fc1 = nn.Linear(head_dim_total, head_dim_total)
         self.fc2 = nn.Linear(head_dim_total, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for layer in (self.proj, self.norm, self.to_q, self.to_k, self.to_v, self.fc1, self.fc2):
+        for layer in (self.proj, self.norm_q, self.norm_k, self.fc1, self.fc2):
             layer.reset_parameters()
         nn.init.constant_(self.fc2.bias, math.log(self.init_prob / (1 - self.init_prob)))
 
@@ -271,19 +277,23 @@ class MaskHead(nn.Module):
         """video [B, L_v, D], refs [B, N, L_r, D]; RoPE cos/sin [1, L_v, 1, d] and [1, N*L_r, 1, d] -> logits [B, N, L_v]."""
         B, L_v, _ = video.shape
         N, L_r = refs.shape[1], refs.shape[2]
-        hv = self.norm(self.proj(video)).type_as(video)  # [B, L_v, Dm]
-        hr = self.norm(self.proj(refs.flatten(1, 2))).type_as(video)  # [B, N*L_r, Dm]
-        q = apply_rotary_emb(self.to_q(hv).unflatten(-1, (self.heads, -1)), *video_rope)  # [B, L_v, Hm, dm]
-        k = apply_rotary_emb(self.to_k(hr).unflatten(-1, (self.heads, -1)), *ref_rope)  # [B, N*L_r, Hm, dm]
-        v = self.to_v(hr).unflatten(-1, (self.heads, -1))  # [B, N*L_r, Hm, dm]
-        # one attention per identity: fold identities into the batch
+        W = self.width
+        # 1. the shared projection: video tokens need only their queries, reference tokens only keys and values
+        q = F.linear(video, self.proj.weight[:W], self.proj.bias[:W])  # [B, L_v, Dm]
+        kv = F.linear(refs.flatten(1, 2), self.proj.weight[W:], self.proj.bias[W:])  # [B, N*L_r, 2 Dm]
+        k, v = kv.chunk(2, dim=-1)
+        # 2.-3. LayerNorm of q and k, then RoPE
+        q = apply_rotary_emb(self.norm_q(q).type_as(video).unflatten(-1, (self.heads, -1)), *video_rope)
+        k = apply_rotary_emb(self.norm_k(k).type_as(video).unflatten(-1, (self.heads, -1)), *ref_rope)
+        v = v.unflatten(-1, (self.heads, -1))  # [B, N*L_r, Hm, dm]
+        # 4. one attention per identity: fold identities into the batch
         q = q.unsqueeze(1).expand(B, N, L_v, self.heads, -1).reshape(B * N, L_v, self.heads, -1).transpose(1, 2)
         k = k.reshape(B * N, L_r, self.heads, -1).transpose(1, 2)  # [B*N, Hm, L_r, dm]
         v = v.reshape(B * N, L_r, self.heads, -1).transpose(1, 2)
         matched = F.scaled_dot_product_attention(q, k, v)  # [B*N, Hm, L_v, dm]
         matched = matched.transpose(1, 2).reshape(B, N, L_v, -1)  # [B, N, L_v, Dm]
-        x = F.gelu(self.fc1(hv.unsqueeze(1) + matched))  # [B, N, L_v, Dm]
-        return self.fc2(x).squeeze(-1).float()  # [B, N, L_v]
+        # 5. the MLP on the attended feature
+        return self.fc2(F.gelu(self.fc1(matched))).squeeze(-1).float()  # [B, N, L_v]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -292,10 +292,12 @@ def random_tiny_model(seed: int = 0):
             out = block.audio_attn.to_out
             out.weight.copy_(torch.randn(out.weight.shape, generator=g) * 0.2)
             out.bias.copy_(torch.randn(out.bias.shape, generator=g) * 0.1)
-            if block.mask_head is not None:
-                fc2 = block.mask_head.fc2
-                fc2.weight.copy_(torch.randn(fc2.weight.shape, generator=g) * 2.0 / fc2.weight.shape[1] ** 0.5)
-                fc2.bias.zero_()
+            if block.mask_head is not None:  # sharper attention and a larger last layer: masks that vary
+                head = block.mask_head
+                head.norm_q.weight.mul_(8.0)
+                head.fc2.weight.copy_(torch.randn(head.fc2.weight.shape, generator=g) * 8.0
+                                      / head.fc2.weight.shape[1] ** 0.5)
+                head.fc2.bias.zero_()
     return model.eval()
 
 

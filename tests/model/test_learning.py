@@ -1,4 +1,5 @@
-"""The mask head learns to match references (slow: 500 steps, about 10 minutes on a 2-core CPU shared with others).
+"""Learning tests (slow): the mask head learns to match references (up to 1200 steps, 10-30 minutes on a shared 2-core
+CPU), and predicted-mask routing binds each identity's audio to it (the routing ablation in miniature).
 
 Run with `.venv/bin/pytest tests/model -m slow -s` to see the IoU log; numbers are recorded in docs/MODEL.md.
 The budget is in steps (single thread, seeded: the run is reproducible whatever else the machine is doing); the
@@ -16,23 +17,28 @@ T_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 @pytest.mark.slow
 def test_mask_head_learns_to_match_references():
+    """Identities numbered left to right (as curation numbers them): the head must still match appearance, and
+    feeding the references in reversed order must score the same (issue 13: the order carries no information)."""
     torch.manual_seed(0)
-    task = BlobTask()
+    task = BlobTask(order="left_to_right")
     model = InterActHumanModel.from_model_config(learning_model_config(task))
     result = train_on_blobs(
-        model, task, max_steps=800, max_seconds=2400, eval_every=100, eval_samples=32, t_values=T_GRID,
-        stop_at_iou=0.78, seed=0,
+        model, task, max_steps=1200, max_seconds=4800, eval_every=100, eval_samples=32, t_values=T_GRID,
+        stop_at_iou=0.8, seed=0,
     )
 
     held_out = make_batch(task, 64, torch.Generator().manual_seed(99))
     text = torch.randn(1, task.text_tokens, model.model_config.text_dim, generator=torch.Generator().manual_seed(0))
     final = evaluate(model, held_out, text.expand(64, -1, -1), T_GRID, seed=7)
+    reversed_ = evaluate(model, held_out, text.expand(64, -1, -1), T_GRID, seed=7, ref_order=[1, 0])
     print(f"\n{result.steps} steps, {result.seconds:.0f}s")
     for t in T_GRID:
-        print(f"t={t:.1f}: IoU {final['iou'][t]:.3f}, vs other identity {final['cross_iou'][t]:.3f}")
+        print(f"t={t:.1f}: IoU {final['iou'][t]:.3f}, reversed references {reversed_['iou'][t]:.3f}, "
+              f"vs other identity {final['cross_iou'][t]:.3f}")
     print(f"all-ones mask IoU {final['all_ones_iou']:.3f}")
 
-    assert final["iou_low_t"] >= 0.75, final
+    assert final["iou_low_t"] >= 0.78, final
+    assert reversed_["iou_low_t"] >= 0.78 and abs(reversed_["iou_low_t"] - final["iou_low_t"]) <= 0.02
     assert final["cross_iou_low_t"] < 0.1, final  # it matches references, it does not just find blobs
     assert final["all_ones_iou"] < 0.2  # a layout-free mask scores about the blob's area fraction
     assert final["iou"][0.9] < final["iou_low_t"]  # masks are better late in sampling (hence the late-step cache)

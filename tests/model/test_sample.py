@@ -175,9 +175,9 @@ def test_routing_gates_each_identity_by_the_mask_of_the_previous_step(sampler):
         assert torch.all(weights[1, N] == 0)  # unconditional row: no muted share
 
     # effect: change the muted track's tokens in block 0's recorded call: exactly the tokens with a muted share move
+    # (the blend itself, tokens with and without a share, is checked on the model in test_interacthuman.py)
     module = sampler.model.blocks[0].audio_attn
     g = torch.Generator().manual_seed(0)
-    some_share = no_share = False
     for i in range(start, steps):
         video, tokens, weights, frames = attn[i]["args"]
         with torch.no_grad():
@@ -188,24 +188,26 @@ def test_routing_gates_each_identity_by_the_mask_of_the_previous_step(sampler):
             moved = (module(video, other, weights, frames)[0] - base).abs().sum(-1)  # [L_v]
         share = weights[0, N] > 0
         assert torch.all(moved[~share] == 0) and torch.all(moved[share] > 0), f"step {i}"
-        some_share, no_share = some_share or bool(share.any()), no_share or bool((~share).any())
-    assert some_share and no_share  # some tokens hear the muted track, some are covered by the masks
 
 
 def test_hard_gate_routes_each_identity_only_inside_its_thresholded_mask(sampler):
-    """The hard-gate option (mask_threshold=0.5, outside_audio="none"): identity n's audio reaches exactly the tokens
-    where its previous-step mask is >= 0.5, and no token outside the masks gets an audio update."""
+    """The hard-gate option (mask_threshold=p, outside_audio="none"): identity n's audio reaches exactly the tokens
+    where its previous-step mask is >= p, and no token outside the masks gets an audio update. (p is the median of
+    the random model's first masks, so that the thresholded masks are neither empty nor everything.)"""
     steps, start = 5, 2
     idents = [(OBAMA, _clip(MAN, 0.5, 0.6)), (BIDEN, _clip(WOMAN, 5.0, 0.6))]
     calls, attn, handles = _record(sampler.model)
-    try:
+    try:  # the first steps do not depend on the threshold: global audio until the start step
+        sampler("two people talk", idents, steps=start, mask_start_step=start, height=64, width=64)
+        p = float(calls[-1]["mask_out"][0].median())
+        calls.clear(), attn.clear()
         sampler("two people talk", idents, steps=steps, mask_start_step=start, height=64, width=64,
-                mask_threshold=0.5, outside_audio="none")
+                mask_threshold=p, outside_audio="none")
     finally:
         for h in handles:
             h.remove()
     for i in range(start, steps):
-        cached = (calls[i - 1]["mask_out"][0] >= 0.5).float()
+        cached = (calls[i - 1]["mask_out"][0] >= p).float()
         assert torch.equal(calls[i]["audio_gates"][0].float(), cached) and calls[i]["muted_audio"] is None
         assert torch.equal(attn[i]["args"][2][0].float(), cached.flatten(1))  # no muted track
     module = sampler.model.blocks[0].audio_attn

@@ -141,9 +141,16 @@ def _workers(launcher_pid: int) -> list:
 
 
 def _gone(procs, timeout: float = 20.0) -> bool:
+    """Whether all of ``procs`` exit within ``timeout``; those still alive then are killed (a failing test leaves
+    nothing running)."""
     import psutil
 
     _dead, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
     return not alive
 
 
@@ -206,9 +213,14 @@ def test_stopping_the_launcher_stops_the_workers(curated, tmp_path):
     workers = _workers(cli.pid)
     assert len(workers) == 2, workers
     cli.send_signal(signal.SIGTERM)
-    # torchrun got the signal and stopped its workers itself: well before the command's 45 s kill deadline
-    assert cli.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()[-3000:]
-    assert _gone(workers, timeout=5), [w.pid for w in workers if w.is_running()]
+    try:  # torchrun got the signal and stopped its workers itself: well before the command's 45 s kill deadline
+        rc = cli.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(cli.pid, signal.SIGKILL)
+        _gone(workers, timeout=0)  # leave nothing running
+        raise
+    assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    assert _gone(workers, timeout=5), "the workers outlived interacthuman train"
     # torchrun itself killed outright: its workers go with it (init_distributed makes each worker die with its
     # launcher; a bare script keeps this part cheap)
     script = tmp_path / "worker.py"
@@ -223,7 +235,7 @@ def test_stopping_the_launcher_stops_the_workers(curated, tmp_path):
     assert len(workers) == 2, workers
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert _gone(workers, timeout=10), [w.pid for w in workers if w.is_running()]
+    assert _gone(workers, timeout=10), "the workers outlived torchrun"
 
 
 def test_kill_sessions_kills_a_workers_whole_session():
