@@ -1,6 +1,6 @@
 """Forward FLOPs of InterActHuman next to the bare Wan2.1 forward (issue 13, item 7; P2).
 
-    .venv/bin/python bench/flops.py                      # 1.3B and 14B, 480p and 720p, 81 frames, N = 0..4
+    .venv/bin/python bench/flops.py --last-heads         # 1.3B and 14B, 480p and 720p, 81 frames, N = 0..4
     .venv/bin/python bench/flops.py --configs wan2.1-1.3b --resolutions 480x832 --identities 1,2
 
 Counted with ``torch.utils.flop_counter`` on the meta device (``model.flops.forward_flops``): batch 1, one forward
@@ -8,7 +8,8 @@ Counted with ``torch.utils.flop_counter`` on the meta device (``model.flops.forw
 masks with the muted track (the sampler after its first steps). N = 0 is the bare Wan forward. Columns: the whole
 forward as a ratio to the bare one, then what the reference tokens, the audio path and the mask heads add, and the
 audio path and mask heads together per reference (the paper reports +6% per reference for its mask predictor; the
-goal here is at most +3%). With ``--all-heads`` the mask heads sit in every block (``mask_head_layers="all"``);
+goal here is at most +3%). The named configs put a mask head in every block (the paper); ``--last-heads`` adds rows
+with heads in the last ``mask_head_blocks`` blocks only (``mask_head_layers="last"``);
 with ``--audio-attn-dim W`` the audio cross-attention runs at inner width W instead of the model dim.
 Also checks, once, that the N = 0 count equals diffusers' ``WanTransformer3DModel`` of the same config.
 """
@@ -52,7 +53,8 @@ def main() -> None:
     ap.add_argument("--resolutions", default="480x832,720x1280")
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--identities", default="0,1,2,3,4")
-    ap.add_argument("--all-heads", action="store_true", help="also count mask heads in every block")
+    ap.add_argument("--last-heads", action="store_true",
+                    help="also count mask heads in the last mask_head_blocks blocks only (mask_head_layers='last')")
     ap.add_argument("--audio-attn-dim", type=int, default=None,
                     help="also count the audio cross-attention at this inner width (audio_attn_dim)")
     ap.add_argument("--json", type=Path, default=None)
@@ -63,21 +65,21 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     checked = False
     for name in args.configs.split(","):
-        variants = [("last", get_config(name))]
-        if args.all_heads:
-            variants.append(("all", get_config(name, mask_head_layers="all")))
+        variants = [("default", get_config(name))]
+        if args.last_heads:
+            variants.append(("last", get_config(name, mask_head_layers="last")))
         if args.audio_attn_dim:
             variants.append((f"audio{args.audio_attn_dim}", get_config(name, audio_attn_dim=args.audio_attn_dim)))
         for res in args.resolutions.split(","):
             height, width = (int(v) for v in res.split("x"))
             for heads, cfg in variants:
                 for n in (int(v) for v in args.identities.split(",")):
-                    if heads != "last" and n == 0:
+                    if heads != "default" and n == 0:
                         continue
                     f = forward_flops(cfg, height, width, args.frames, n)
                     r = f.ratios()
                     per_ref = (f.audio + f.mask_head) / f.bare / n if n else 0.0
-                    label = name + {"last": "", "all": " (heads in every block)"}.get(
+                    label = name + {"default": "", "last": " (heads in the last blocks only)"}.get(
                         heads, f" (audio_attn_dim {args.audio_attn_dim})")
                     rows.append({"config": name, "heads": heads, "height": height, "width": width,
                                  "frames": args.frames, "identities": n, "tflops": f.total / 1e12,

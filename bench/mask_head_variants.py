@@ -10,15 +10,17 @@ t in {0.1, 0.2, 0.3}: IoU with the references in their order, IoU with the refer
 matches appearance scores the same), and IoU against the other identity (a head that finds blobs, not the
 referenced one, scores high there).
 
-Variants:
-  default        the model as built: every reference on RoPE frame t = F; the paper's head (one projection shared by
-                 video and reference tokens to q, k, v, LayerNorm of q and k, RoPE, cross-attention, 2-layer MLP on
-                 the attended feature alone); heads in the last K = 2 blocks, supervised through their mean
-  previous_head  the head before issue 13: shared projection, LayerNorm, separate q/k/v projections, RoPE,
-                 cross-attention, MLP on video token + attended feature (a residual)
-  indexed_rope   reference i on RoPE frame t = F + i (the previous scheme): the order can leak
-  per_layer      a head in every block (mask_head_layers="all"), each supervised by its own focal loss; final mask
-                 the mean of the last K = 2
+Variants (each spelled out, so the table keeps its meaning when defaults change):
+  default                  the model as built: every reference on RoPE frame t = F; the paper's head (one
+                           projection shared by video and reference tokens to q, k, v, LayerNorm of q and k, RoPE,
+                           cross-attention, 2-layer MLP on the attended feature alone) in every block, each head
+                           supervised by its own focal loss; final mask the mean of the last K = 2
+  last_k                   the same head in the last K = 2 blocks only, supervised through their mean
+  previous_head            last_k with the head before issue 13: shared projection, LayerNorm, separate q/k/v
+                           projections, RoPE, cross-attention, MLP on video token + attended feature (a residual)
+  indexed_rope             previous_head with reference i on RoPE frame t = F + i (the previous scheme): the
+                           order can leak
+  per_layer_previous_head  the previous head in every block, each supervised
 
 Writes ``--json`` (default runs/bench/mask_head_variants.json) and prints a table for docs/MODEL.md.
 """
@@ -44,7 +46,7 @@ from model.interacthuman import InterActHumanModel, InterActHumanRotaryPosEmbed,
 from model.losses import LossConfig  # noqa: E402
 from model.synthetic import BlobTask, evaluate, learning_model_config, make_batch, train_on_blobs  # noqa: E402
 
-VARIANTS = ("default", "previous_head", "indexed_rope", "per_layer")
+VARIANTS = ("default", "last_k", "previous_head", "indexed_rope", "per_layer_previous_head")
 T_LOW = (0.1, 0.2, 0.3)
 
 
@@ -89,22 +91,20 @@ class PreviousMaskHead(nn.Module):
 
 
 def build(variant: str, task: BlobTask, seed: int) -> tuple[InterActHumanModel, LossConfig]:
-    config = learning_model_config(task)
-    if variant == "per_layer":
-        config = config.replace(mask_head_layers="all")
+    every_block = variant in ("default", "per_layer_previous_head")
+    config = learning_model_config(task).replace(mask_head_layers="all" if every_block else "last")
     torch.manual_seed(seed)
     model = InterActHumanModel.from_model_config(config)
     if variant == "indexed_rope":
         model.rope = IndexedReferenceRope(config.attention_head_dim, config.patch_size, config.rope_max_seq_len)
         model.mask_rope = IndexedReferenceRope(config.mask_head_dim // config.mask_head_heads, config.patch_size,
                                                config.rope_max_seq_len)
-    if variant == "previous_head":
+    if variant in ("previous_head", "indexed_rope", "per_layer_previous_head"):
         for block in model.blocks:
             if block.mask_head is not None:
                 block.mask_head = PreviousMaskHead(config.dim, config.mask_head_dim, config.mask_head_heads,
                                                    config.eps, config.mask_init_prob)
-    loss = LossConfig(mask_supervision="per_layer" if variant == "per_layer" else "final")
-    return model, loss
+    return model, LossConfig(mask_supervision="per_layer" if every_block else "final")
 
 
 def run(variant: str, steps: int, seed: int, samples: int, log) -> dict:

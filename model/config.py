@@ -64,7 +64,7 @@ class InterActHumanConfig:
     mask_head_dim: int = 256  # width of the mask head's shared projection
     mask_head_heads: int = 4  # heads of its cross-attention; mask_head_dim / heads must be even (3D RoPE)
     mask_head_blocks: int = 8  # K: the final mask is the mean of the heads of the last K blocks
-    mask_head_layers: str = "last"  # "last": heads in the last K blocks only; "all": a head in every block (paper)
+    mask_head_layers: str = "all"  # "all": a head in every block (the paper); "last": heads in the last K blocks only
     mask_init_prob: float = 0.1  # initial foreground probability of a mask head (bias of its last layer)
     # --- flow matching ---
     flow_shift: float = 5.0  # timestep shift t' = s t / (1 + (s - 1) t); Wan uses 3.0 at 480p, 5.0 at 720p

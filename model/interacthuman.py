@@ -20,7 +20,7 @@ Per block (numbers match the comments in ``InterActHumanBlock.forward``):
        tokens of frame j only; the output of identity n is multiplied by its gate (a mask over video tokens), summed
        over identities and added; the output projection starts at zero
     4. feed-forward (Wan)
-    5. mask head (last K blocks, or every block): one projection shared by video and reference tokens to q, k, v,
+    5. mask head (every block, or the last K): one projection shared by video and reference tokens to q, k, v,
        LayerNorm of q and k, 3D RoPE, cross-attention from video tokens to one reference's tokens, 2-layer MLP on the
        attended feature -> one logit per (identity, video token)
 The final mask is the mean over the K heads of sigmoid(logit), returned next to the velocity.
@@ -432,7 +432,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         mask_head_dim: int = 256,
         mask_head_heads: int = 4,
         mask_head_blocks: int = 8,
-        mask_head_layers: str = "last",
+        mask_head_layers: str = "all",
         mask_init_prob: float = 0.1,
         flow_shift: float = 5.0,
     ) -> None:
@@ -481,7 +481,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             audio_dim, cfg.audio_window, audio_hidden_dim, audio_tokens, audio_token_dim, eps
         )
 
-        # 3. Transformer blocks; mask heads in the last K (or in all of them), the final mask averages the last K
+        # 3. Transformer blocks; a mask head in each (or in the last K only), the final mask averages the last K
         self.first_final_head = num_layers - mask_head_blocks
         first_head = 0 if mask_head_layers == "all" else self.first_final_head
         self.blocks = nn.ModuleList([InterActHumanBlock(cfg, with_mask_head=i >= first_head) for i in range(num_layers)])

@@ -24,7 +24,7 @@ class LossConfig:
     focal_alpha: float = 0.25  # weight of the positive class
     focal_gamma: float = 2.0
     mask_threshold: float | None = 0.5  # token coverage -> binary target; None keeps soft coverage targets
-    mask_supervision: str = "final"  # "final": focal loss on the final mask; "per_layer": mean of each head's loss
+    mask_supervision: str = "per_layer"  # "per_layer": mean of each head's focal loss; "final": the final mask's
 
     def __post_init__(self) -> None:
         for name in ("flow_weight", "mask_weight", "focal_gamma"):

@@ -48,7 +48,8 @@ class BlobTask:
 
 
 def learning_model_config(task: BlobTask = BlobTask()) -> InterActHumanConfig:
-    """The model the learning test trains: dim 128 (4 heads x 32), 4 blocks, mask heads in the last 2."""
+    """The model the learning test trains: dim 128 (4 heads x 32), 4 blocks, a mask head in each, final mask the
+    mean of the last 2."""
     return get_config(
         "tiny",
         num_attention_heads=4,
@@ -281,7 +282,7 @@ class PulseTask:
 
 
 def pulse_model_config(task: PulseTask = PulseTask()) -> InterActHumanConfig:
-    """dim 128 (4 heads x 32), 4 blocks, mask heads in the last 2, audio features of task.audio_dim."""
+    """dim 128 (4 heads x 32), 4 blocks, a mask head in each (final mask: the last 2), audio of task.audio_dim."""
     return learning_model_config(BlobTask(channels=task.channels)).replace(
         audio_dim=task.audio_dim, audio_context=1, audio_hidden_dim=64, audio_tokens=4, audio_token_dim=64)
 

@@ -82,7 +82,7 @@ class TrainConfig:
     mask_gate_free: float = 0.5  # stage multi: share of samples trained with global audio; only these get the mask
     # loss, since with ground-truth gates the mask head can read its answer off where the audio went
     outside_audio: str = "muted"  # stage multi: tokens outside every mask hear silence ("muted") or nothing ("none")
-    mask_supervision: str = "final"  # focal loss on the final mask, or on each head's mask ("per_layer")
+    mask_supervision: str = "per_layer"  # focal loss on each head's mask (the paper's per-layer masks), or "final"
     # execution
     param_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     activation_checkpointing: bool = True

@@ -213,8 +213,11 @@ def test_per_layer_heads_and_the_final_mask():
         out = model(**inputs)
     assert out.layer_masks.shape == (3, *out.mask.shape)
     torch.testing.assert_close(out.mask, out.layer_masks[1:].mean(dim=0))
-    last = tiny_model(seed=10, num_layers=3, mask_head_blocks=2)
+    last = tiny_model(seed=10, num_layers=3, mask_head_blocks=2, mask_head_layers="last")
     assert [b.mask_head is not None for b in last.blocks] == [False, True, True]
+    with torch.no_grad():
+        out_last = last(**inputs)
+    assert out_last.layer_masks.shape[0] == 2
 
 
 def test_audio_is_windowed_per_latent_frame():

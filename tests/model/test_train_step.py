@@ -125,9 +125,9 @@ def test_per_layer_supervision_averages_each_heads_loss():
     target = torch.tensor([[[[[1.0, 0.0]]]]])
     heads = torch.stack([torch.full((B, N, Fr, 1, 2), 0.8), torch.full((B, N, Fr, 1, 2), 0.2)])
     out = InterActHumanOutput(torch.zeros(1, 1, 1, 1, 1), heads.mean(0), heads)
-    per_layer = interacthuman_loss(out, torch.zeros(1, 1, 1, 1, 1), target, None, None,
-                                   LossConfig(mask_supervision="per_layer"))["mask"]
-    final = interacthuman_loss(out, torch.zeros(1, 1, 1, 1, 1), target, None, None)["mask"]
+    per_layer = interacthuman_loss(out, torch.zeros(1, 1, 1, 1, 1), target, None, None)["mask"]  # the default
+    final = interacthuman_loss(out, torch.zeros(1, 1, 1, 1, 1), target, None, None,
+                               LossConfig(mask_supervision="final"))["mask"]
     head1 = (FOCAL_POS + FOCAL_NEG) / 2  # p = 0.8: target 1 and target 0
     head2 = (0.25 * 0.8**2 * -math.log(0.2) + 0.75 * 0.2**2 * -math.log(0.8)) / 2  # p = 0.2
     assert per_layer.item() == pytest.approx((head1 + head2) / 2, rel=1e-5)
