@@ -6,9 +6,11 @@ same process and written to files; a part whose packages are missing is skipped 
     python bench/gpu.py --config tiny --out /tmp/gpu-tiny               # anywhere (CPU): the same code at tiny size
 
 Needs: torch, and diffusers (the model is built on diffusers' Wan classes; the P3 baseline is diffusers'
-``WanTransformer3DModel``), plus transformers for nothing here. ray and av are not needed. If diffusers is absent
-the model parts are skipped with the message; bring it as a wheel (``pip download diffusers==0.42.1 --no-deps``,
-then ``pip install --no-deps <wheel>`` or ``PYTHONPATH=<unpacked wheel>``).
+``WanTransformer3DModel``); its own dependencies (huggingface-hub, safetensors, regex, requests, numpy, Pillow) come
+with transformers. ray and av are not needed. If diffusers is absent the model parts are skipped with that message;
+bring it unpacked (``pip download diffusers==0.42.1 --no-deps -d wheels/`` and ``python -m zipfile -e
+wheels/diffusers-0.42.1-py3-none-any.whl wheels/site`` elsewhere, then ``PYTHONPATH=wheels/site python bench/gpu.py
+...``).
 
 Parts (``--parts``, default all):
   sampler  one denoising step with CFG (both rows in one forward, plus the solver step) at 480x832 x 81 frames, bf16:
