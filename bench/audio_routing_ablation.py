@@ -1,6 +1,7 @@
 """The paper's audio-routing ablation in miniature (L3; issue 13, item 8).
 
     .venv/bin/python bench/audio_routing_ablation.py                    # 1500 training steps, then the ablation
+                                                                        # at CFG 1 and 4
     .venv/bin/python bench/audio_routing_ablation.py --eval-only        # re-measure the model saved in --out
 
 Task (``model.synthetic.PulseTask``): two textured blobs on a static background, each with a reference latent and
@@ -39,33 +40,38 @@ from model.synthetic import PulseTask, pulse_model_config, routing_ablation, tra
 ROUTINGS = ("predicted", "global", "fixed")
 
 
-def plot(results: dict, history: list, path: Path) -> None:
+def plot(record: dict, path: Path) -> None:
+    """One bar panel per guidance scale measured (own vs other track correlation per routing), then training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    names = {"predicted": "(a) predicted masks", "global": "(b) global audio", "fixed": "(c) true masks"}
+    scales = [k for k in record if k.startswith("guidance_")]
+    history = record.get("history", [])
+    fig, axes = plt.subplots(1, len(scales) + 1, figsize=(5.2 * (len(scales) + 1), 3.8))
+    names = {"predicted": "(a) predicted\nmasks", "global": "(b) global\naudio", "fixed": "(c) true\nmasks"}
     xs = range(len(ROUTINGS))
-    own = [results[r]["own_corr"] for r in ROUTINGS]
-    other = [results[r]["other_corr"] for r in ROUTINGS]
-    axes[0].bar([x - 0.2 for x in xs], own, 0.4, label="own track")
-    axes[0].bar([x + 0.2 for x in xs], other, 0.4, label="other identity's track")
-    axes[0].set_xticks(list(xs), [names[r] for r in ROUTINGS])
-    axes[0].axhline(0, color="k", lw=0.5)
-    axes[0].set_ylabel("correlation of a blob's brightness\nwith the audio envelope")
-    axes[0].set_title("held-out samples")
-    axes[0].legend()
+    for ax, key in zip(axes, scales):
+        results = record[key]
+        ax.bar([x - 0.2 for x in xs], [results[r]["own_corr"] for r in ROUTINGS], 0.4, label="own track")
+        ax.bar([x + 0.2 for x in xs], [results[r]["other_corr"] for r in ROUTINGS], 0.4,
+               label="other identity's track")
+        ax.set_xticks(list(xs), [names[r] for r in ROUTINGS])
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_ylim(-0.1, 0.9)
+        ax.set_title(f"held-out samples, CFG {key.split('_', 1)[1]}")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_ylabel("correlation of a blob's brightness\nwith an audio envelope")
     steps = [h["step"] for h in history]
-    axes[1].plot(steps, [h["flow"] for h in history], label="flow loss")
-    ax2 = axes[1].twinx()
-    ax2.plot(steps, [h.get("mask_iou", float("nan")) for h in history], color="tab:green", label="mask IoU")
+    axes[-1].plot(steps, [h["flow"] for h in history], label="flow loss")
+    ax2 = axes[-1].twinx()
+    ax2.plot(steps, [h.get("mask_iou", float("nan")) for h in history], color="tab:green", label="batch mask IoU")
     ax2.set_ylim(0, 1)
-    axes[1].set_xlabel("step")
-    axes[1].set_title("training")
-    axes[1].legend(loc="upper center")
-    ax2.legend(loc="upper right")
+    axes[-1].set_xlabel("step")
+    axes[-1].set_title("training")
+    axes[-1].legend(loc="upper center", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -77,17 +83,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--guidance", default="1.0", help="CFG scales to measure, comma-separated")
+    ap.add_argument("--guidance", default="1.0,4.0", help="CFG scales to measure, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-routing-ablation")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "audio_routing_ablation.png")
-    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="re-measure the model saved in --out")
+    ap.add_argument("--plot-only", action="store_true", help="re-plot --out/ablation.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     task = PulseTask()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     record = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").exists() else {}
+    if args.plot_only:
+        plot(record, args.plot)
+        print(f"plot: {args.plot}")
+        return
     if args.eval_only:
         model = InterActHumanModel.from_pretrained(str(out / "model")).eval()
     else:
@@ -108,8 +119,7 @@ def main() -> None:
             print(f"| {r} | {v['own_corr']:.3f} | {v['other_corr']:.3f} | {v['binding_accuracy']:.2f} | "
                   f"{v['mask_iou']:.3f} |")
     (out / "ablation.json").write_text(json.dumps(record, indent=2))
-    first = next(k for k in record if k.startswith("guidance_"))
-    plot(record[first], record.get("history", []), args.plot)
+    plot(record, args.plot)
     print(f"plot: {args.plot}")
 
 

@@ -252,8 +252,8 @@ def draw_conditions(batch: int, cfg: TrainConfig, g: torch.Generator) -> dict[st
     sampler's unconditional row), otherwise each independently with ``text_drop`` / ``audio_drop``. With the defaults
     (0.1 each) both are dropped in 0.1 + 0.9 * 0.01 = 10.9% of samples (1% without the joint drop), the caption alone
     in 8.1% (the audio-only row of separate text and audio scales), the audio alone in 8.1%. The paper gives no
-    rates; 10% per condition is the common choice of audio-driven Wan fine-tunes, and the joint term makes the
-    unconditional state of the shared-scale sampler as frequent as either single drop."""
+    rates: the single drops keep the 10% this trainer used before, and the joint term makes the unconditional state
+    of the shared-scale sampler about as frequent as either single drop."""
     joint = torch.rand(batch, generator=g) < cfg.joint_drop
     keep_text = ~joint & (torch.rand(batch, generator=g) >= cfg.text_drop)
     keep_audio = ~joint & (torch.rand(batch, generator=g) >= cfg.audio_drop)
