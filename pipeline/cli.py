@@ -76,7 +76,8 @@ Train the InterActHuman model on curated shards (see model/train.py for the reci
 
 A training recipe names the data (a curation run directory), the stage (audio: single-person pre-training with
 global audio; multi: mask-gated audio and the mask loss), the model config and weights, and the optimisation.
-Rerunning the same command resumes from the latest checkpoint in the recipe's output directory.
+Rerunning the same command resumes from the latest checkpoint in the recipe's output directory. With --nproc > 1,
+Ctrl-C or SIGTERM stops every worker (forwarded to torchrun; a second signal kills them at once).
 
 examples:
   interacthuman train datasets/recipes/train/debug_audio.yaml              # tiny model, CPU, one process
