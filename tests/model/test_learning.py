@@ -30,7 +30,7 @@ def test_mask_head_learns_to_match_references():
     model = InterActHumanModel.from_model_config(learning_model_config(task))
     result = train_on_blobs(
         model, task, max_steps=1200, max_seconds=4800, eval_every=100, eval_samples=32, t_values=T_GRID,
-        stop_at_iou=0.8, seed=0,
+        stop_at_iou=0.84, seed=0,
     )
 
     held_out = make_batch(task, 64, torch.Generator().manual_seed(99))
@@ -43,8 +43,8 @@ def test_mask_head_learns_to_match_references():
               f"vs other identity {final['cross_iou'][t]:.3f}")
     print(f"all-ones mask IoU {final['all_ones_iou']:.3f}")
 
-    assert final["iou_low_t"] >= 0.78, final
-    assert reversed_["iou_low_t"] >= 0.78 and abs(reversed_["iou_low_t"] - final["iou_low_t"]) <= 0.02
+    assert final["iou_low_t"] >= 0.8, final
+    assert reversed_["iou_low_t"] >= 0.8 and abs(reversed_["iou_low_t"] - final["iou_low_t"]) <= 0.02
     assert final["cross_iou_low_t"] < 0.1, final  # it matches references, it does not just find blobs
     assert final["all_ones_iou"] < 0.2  # a layout-free mask scores about the blob's area fraction
     assert final["iou"][0.9] < final["iou_low_t"]  # masks are better late in sampling (hence the late-step cache)
