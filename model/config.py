@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 QK_NORMS = (None, "rms_norm_across_heads")
+MASK_HEAD_LAYERS = ("last", "all")
 
 # Keys of a diffusers WanTransformer3DModel config.json that this model reads; every other non-private key is an error.
 WAN_BACKBONE_KEYS = (
@@ -58,10 +59,12 @@ class InterActHumanConfig:
     audio_hidden_dim: int = 512  # hidden size of the audio projection MLP
     audio_tokens: int = 32  # audio tokens per latent frame and identity
     audio_token_dim: int = 768  # size of one audio token (the audio cross-attention's key/value input)
+    audio_attn_dim: int | None = None  # inner width of the audio cross-attention (None: the model dim, as MultiTalk)
     # --- mask head (new) ---
     mask_head_dim: int = 256  # width of the mask head's shared projection
     mask_head_heads: int = 4  # heads of its cross-attention; mask_head_dim / heads must be even (3D RoPE)
-    mask_head_blocks: int = 8  # K: heads sit in the last K blocks, the final mask is the mean over them
+    mask_head_blocks: int = 8  # K: the final mask is the mean of the heads of the last K blocks
+    mask_head_layers: str = "all"  # "all": a head in every block (the paper); "last": heads in the last K blocks only
     mask_init_prob: float = 0.1  # initial foreground probability of a mask head (bias of its last layer)
     # --- flow matching ---
     flow_shift: float = 5.0  # timestep shift t' = s t / (1 + (s - 1) t); Wan uses 3.0 at 480p, 5.0 at 720p
@@ -96,6 +99,10 @@ class InterActHumanConfig:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.audio_attn_dim is not None and (not _is_int(self.audio_attn_dim) or self.audio_attn_dim <= 0
+                                                or self.audio_attn_dim % self.attention_head_dim):
+            raise ValueError(f"audio_attn_dim: expected None or a positive multiple of attention_head_dim="
+                             f"{self.attention_head_dim}, got {self.audio_attn_dim!r}")
         if not _is_int(self.audio_context) or self.audio_context < 0:
             raise ValueError(f"audio_context: expected an int >= 0, got {self.audio_context!r}")
         if not isinstance(self.cross_attn_norm, bool):
@@ -115,6 +122,8 @@ class InterActHumanConfig:
                 f"mask_head_heads: head size mask_head_dim/mask_head_heads="
                 f"{self.mask_head_dim // self.mask_head_heads} must be even for 3D RoPE"
             )
+        if self.mask_head_layers not in MASK_HEAD_LAYERS:
+            raise ValueError(f"mask_head_layers: expected one of {MASK_HEAD_LAYERS}, got {self.mask_head_layers!r}")
         if self.mask_head_blocks > self.num_layers:
             raise ValueError(f"mask_head_blocks: {self.mask_head_blocks} exceeds num_layers={self.num_layers}")
         if not _is_number(self.mask_init_prob) or not 0 < self.mask_init_prob < 1:

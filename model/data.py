@@ -11,14 +11,25 @@ An **example** is one window of ``frames`` video frames (1 + 4k, at the clip's f
     mask_target    [N, F, h, w]          token-grid mask targets (``model.losses.mask_targets``), zeros when absent
     mask_valid     [N, F]                False where the mask is unknown or flagged invalid
     has_masks      bool                  the sample carried masks.npz
+    phrases        N strings             each identity's appearance phrase from the caption stage ("" if none)
+    order          N ints                curated identity index of each slot (identity permutation, below)
     key, window                          lineage
+
+**Identity order carries no information.** Curation numbers identities left to right (``stages/identities.py``).
+:class:`ExampleStream` permutes the identities of every example it yields (references, audio tracks, masks, valid
+flags and phrases together, :func:`permute_identities`), with a permutation drawn from (seed, epoch, key, window):
+a different order each epoch, the same one on resume. The model itself gives every reference the same RoPE position
+(``model.interacthuman``), so slot order cannot be learned from positions either.
 
 Examples are built by :func:`build_examples`, used both on the fly by :class:`ExampleStream` and by the Ray
 precompute job (``model/precompute.py``), which stores them as ``<key>-w<j>.pth`` members of feature shards so
 training reads tensors instead of running encoders.
 
-Every random choice (window, reference augmentation) is a function of (seed, key, window), so a resumed run sees
-the same data; :class:`ExampleStream` exposes its position through ``state_dict()``.
+Every random choice (window, reference augmentation, identity permutation) is a function of (seed, key, window[,
+epoch]), so a resumed run sees the same data; :class:`ExampleStream` exposes its position through ``state_dict()``.
+
+:func:`muted_audio_features` encodes silence: the "muted" audio that video tokens outside every identity's mask hear
+in stage ``multi`` (the paper's blend of meaningful and muted audio; ``model.interacthuman``).
 """
 
 from __future__ import annotations
@@ -190,6 +201,8 @@ def window_inputs(sample: Any, start: int, window: int, cfg: DataConfig) -> Wind
 def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, Any]]:
     """Encoded examples of one shard sample (``pipeline.shards.Sample``) with the encoders of ``stack``."""
     caption = sample.meta.get("caption") or ""
+    phrases = [str(ident.get("phrase") or "") for ident in sample.meta.get("identities") or []]
+    phrases += [""] * max(0, cfg.max_identities - len(phrases))
     text_emb = stack.text.encode([caption])[0]
     examples = []
     for j, start in enumerate(window_starts(len(sample.frames), cfg, sample.key)):
@@ -207,9 +220,42 @@ def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, A
         examples.append({
             "key": sample.key, "window": j, "latents": latents, "text_emb": text_emb, "audio_feats": audio_feats,
             "ref_latents": ref_latents, "mask_target": target, "mask_valid": valid,
-            "has_masks": w.masks is not None, "identities": w.identities,
+            "has_masks": w.masks is not None, "identities": w.identities, "phrases": phrases[: w.identities],
+            "order": list(range(w.identities)),
         })
     return examples
+
+
+PER_IDENTITY = ("audio_feats", "ref_latents", "mask_target", "mask_valid")  # tensors with identities first
+
+
+def permute_identities(ex: dict[str, Any], perm: list[int]) -> dict[str, Any]:
+    """The example with its identities in the order ``perm`` (slot i gets identity perm[i]): references, audio tracks,
+    masks, valid flags, phrases and ``order`` move together."""
+    n = int(ex["identities"])
+    if sorted(perm) != list(range(n)):
+        raise ValueError(f"{ex.get('key')}: {perm} is not a permutation of {n} identities")
+    out = dict(ex)
+    index = torch.tensor(perm, dtype=torch.long)
+    for k in PER_IDENTITY:
+        out[k] = ex[k][index]
+    for k in ("phrases", "order"):
+        if k in ex:
+            out[k] = [ex[k][i] for i in perm]
+    return out
+
+
+def identity_permutation(seed: int, epoch: int, key: str, window: int, n: int) -> list[int]:
+    perm = list(range(n))
+    _rng(seed, "identities", epoch, key, window).shuffle(perm)
+    return perm
+
+
+@torch.no_grad()
+def muted_audio_features(audio_encoder: Any, frames: int, fps: float = 25.0) -> torch.Tensor:
+    """Audio features of silence for a window of ``frames`` video frames: [frames, audio_dim] (float32)."""
+    samples = int(round(frames / fps * 16000))
+    return audio_encoder.encode(torch.zeros(1, samples), frames)[0].float()
 
 
 def collate(examples: list[dict[str, Any]], max_identities: int) -> dict[str, Any]:
@@ -258,13 +304,14 @@ class ExampleStream:
     precompute job (``.pth`` members). Each epoch visits the shards in a seeded order. With at least as many shards
     as consumers (ranks x workers) each consumer reads its own shards; otherwise every consumer reads every shard
     and keeps every ``consumers``-th sample. The position (epoch, samples consumed in it) is the state to save.
+    Every example comes out with its identities permuted (:func:`permute_identities`, :func:`identity_permutation`).
     """
 
-    def __init__(self, shards: list[Path], cfg: DataConfig, stack: Any | None, rank: int = 0, world: int = 1,
+    def __init__(self, shards: list[str | Path], cfg: DataConfig, stack: Any | None, rank: int = 0, world: int = 1,
                  worker: int = 0, workers: int = 1):
         if not shards:
             raise ValueError("no shards to train on: curate first, or point data at a run directory with shards")
-        self.shards = sorted(Path(s) for s in shards)
+        self.shards = sorted(str(s) for s in shards)  # local paths or URLs, streamed
         self.cfg = cfg
         self.stack = stack
         self.consumer, self.consumers = rank * workers + worker, world * workers
@@ -312,7 +359,9 @@ class ExampleStream:
                     built = build_examples(Sample(key=key, meta=meta, raw=raw), self.stack, self.cfg)
                 for ex in built:
                     if i >= skip:
-                        yield ex
+                        n_id = int(ex["identities"])
+                        yield permute_identities(ex, identity_permutation(self.cfg.seed, epoch, ex["key"],
+                                                                          int(ex["window"]), n_id))
                     i += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

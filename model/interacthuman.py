@@ -7,7 +7,11 @@ Wan2.1 T2V checkpoint loads key for key and only the added modules are new.
 Token sequence (B batch, N identities, f latent frames, h x w token grid, D = model dim):
 
     [ video tokens: f*h*w                | ref 0: hr*wr | ref 1: hr*wr | ... ref N-1 ]
-      RoPE t in [0, f), (y, x) grid        t = f          t = f + 1          t = f + N - 1
+      RoPE t in [0, f), (y, x) grid        t = f          t = f              t = f      (the same for every ref)
+
+Every reference sits on the same RoPE positions, so nothing tells the model which slot a reference came in: the
+model is equivariant to the identity order (permuting references, audio tracks and gates permutes the masks and
+leaves the velocity unchanged), and "slot i is the i-th person from the left" cannot be learned.
 
 Per block (numbers match the comments in ``InterActHumanBlock.forward``):
     1. self-attention over video + reference tokens (padding identities masked out as keys)
@@ -16,8 +20,9 @@ Per block (numbers match the comments in ``InterActHumanBlock.forward``):
        tokens of frame j only; the output of identity n is multiplied by its gate (a mask over video tokens), summed
        over identities and added; the output projection starts at zero
     4. feed-forward (Wan)
-    5. mask head (last K blocks): shared projection + LayerNorm of video and reference tokens, 3D RoPE, cross-attention
-       from video tokens to one reference's tokens, 2-layer MLP -> one logit per (identity, video token)
+    5. mask head (every block, or the last K): one projection shared by video and reference tokens to q, k, v,
+       LayerNorm of q and k, 3D RoPE, cross-attention from video tokens to one reference's tokens, 2-layer MLP on the
+       attended feature -> one logit per (identity, video token)
 The final mask is the mean over the K heads of sigmoid(logit), returned next to the velocity.
 """
 
@@ -54,6 +59,7 @@ VAE_SPATIAL_STRIDE = 8
 class InterActHumanOutput(NamedTuple):
     velocity: torch.Tensor  # [B, C, F, H, W] flow-matching velocity (noise - x0) for the video latents
     mask: torch.Tensor | None  # [B, N, F, H/p_h, W/p_w] float32 mask probabilities; None without references
+    layer_masks: torch.Tensor | None = None  # [heads, B, N, F, h, w] float32: each block's head, in block order
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,10 +141,15 @@ class InterActHumanRotaryPosEmbed(WanRotaryPosEmbed):
     def forward(
         self, frames: int, height: int, width: int, num_refs: int = 0, ref_height: int = 0, ref_width: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [1, f*h*w + N*hr*wr, 1, head_dim]: video at t < f, reference i on its own frame t = f + i."""
-        parts = [self.grid(frames, height, width)]
-        parts += [self.grid(1, ref_height, ref_width, t_offset=frames + i) for i in range(num_refs)]
-        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+        """cos, sin [1, f*h*w + N*hr*wr, 1, head_dim]: video at t < f, every reference on the frame after the video,
+        t = f (the same positions for all N: the identity order carries no information)."""
+        video = self.grid(frames, height, width)
+        if num_refs == 0:
+            return video
+        ref = self.grid(1, ref_height, ref_width, t_offset=frames)
+        cos = torch.cat([video[0], ref[0].repeat(1, num_refs, 1, 1)], dim=1)
+        sin = torch.cat([video[1], ref[1].repeat(1, num_refs, 1, 1)], dim=1)
+        return cos, sin
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -171,17 +182,22 @@ class AudioProjection(nn.Module):
 
 
 class GatedAudioCrossAttention(nn.Module):
-    """Per-identity audio cross-attention on video tokens, windowed per latent frame, gated by a mask per identity."""
+    """Per-track audio cross-attention on video tokens, windowed per latent frame, weighted per track and token.
 
-    def __init__(self, dim: int, token_dim: int, heads: int, eps: float):
+    The tracks are the N identities' audio and, when given, the muted (silence) track. The weighted outputs are
+    summed before the output projection (``to_out`` is linear): one [B, L_v, D] accumulator instead of N copies of
+    the queries and N outputs at full width."""
+
+    def __init__(self, dim: int, token_dim: int, heads: int, eps: float, inner_dim: int | None = None):
         super().__init__()
+        inner = inner_dim or dim
         self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(token_dim, dim)
-        self.to_v = nn.Linear(token_dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(token_dim, inner)
+        self.to_v = nn.Linear(token_dim, inner)
+        self.norm_q = nn.RMSNorm(inner, eps=eps)
+        self.norm_k = nn.RMSNorm(inner, eps=eps)
+        self.to_out = nn.Linear(inner, dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -192,24 +208,32 @@ class GatedAudioCrossAttention(nn.Module):
         nn.init.zeros_(self.to_out.bias)
 
     def forward(
-        self, video: torch.Tensor, audio_tokens: torch.Tensor, gates: torch.Tensor, num_frames: int
+        self, video: torch.Tensor, audio_tokens: torch.Tensor, weights: torch.Tensor, num_frames: int
     ) -> torch.Tensor:
-        """video [B, L_v, D], audio_tokens [B, N, F, M, D_tok], gates [B, N, L_v] -> update [B, L_v, D]."""
-        B, L_v, D = video.shape
-        N, M = audio_tokens.shape[1], audio_tokens.shape[3]
+        """video [B, L_v, D], audio_tokens [B, K, F, M, D_tok] (K tracks), weights [B, K, L_v] -> update [B, L_v, D]
+
+        update = to_out.weight @ (sum_k w_k * attn_k) + (sum_k w_k) * to_out.bias, which equals
+        sum_k w_k * to_out(attn_k): a token whose weights are all zero gets exactly zero."""
+        B, L_v, _ = video.shape
+        K, M = audio_tokens.shape[1], audio_tokens.shape[3]
+        D = self.to_q.out_features  # the inner width
         hw = L_v // num_frames
         q = self.norm_q(self.to_q(video))  # [B, L_v, D]
-        k = self.norm_k(self.to_k(audio_tokens))  # [B, N, F, M, D]
-        v = self.to_v(audio_tokens)  # [B, N, F, M, D]
-        # fold (identity, latent frame) into the batch: frame j's video tokens see frame j's audio tokens only
-        q = q.view(B, 1, num_frames, hw, self.heads, -1).expand(B, N, num_frames, hw, self.heads, -1)
-        q = q.reshape(B * N * num_frames, hw, self.heads, -1).transpose(1, 2)  # [B*N*F, H, hw, d]
-        k = k.reshape(B * N * num_frames, M, self.heads, -1).transpose(1, 2)  # [B*N*F, H, M, d]
-        v = v.reshape(B * N * num_frames, M, self.heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B*N*F, H, hw, d]
-        out = out.transpose(1, 2).reshape(B, N, L_v, D)  # [B, N, L_v, D]
-        out = self.to_out(out)
-        return (out * gates.unsqueeze(-1).to(out.dtype)).sum(dim=1)  # [B, L_v, D]
+        # frame j's video tokens see frame j's audio tokens only: fold latent frames into the batch (a view of q)
+        q = q.view(B * num_frames, hw, self.heads, -1).transpose(1, 2)  # [B*F, H, hw, d]
+        k = self.norm_k(self.to_k(audio_tokens))  # [B, K, F, M, D]
+        v = self.to_v(audio_tokens)  # [B, K, F, M, D]
+        w = weights.to(video.dtype)  # [B, K, L_v]
+        acc = None
+        for n in range(K):  # one track at a time into one accumulator: transient memory does not grow with K
+            k_n = k[:, n].reshape(B * num_frames, M, self.heads, -1).transpose(1, 2)  # [B*F, H, M, d]
+            v_n = v[:, n].reshape(B * num_frames, M, self.heads, -1).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k_n, v_n)  # [B*F, H, hw, d]
+            w_n = w[:, n].reshape(B * num_frames, 1, hw, 1)  # the weights in the attention's layout
+            acc = out * w_n if acc is None else acc.addcmul_(out, w_n)
+        acc = acc.transpose(1, 2).reshape(B, L_v, D)  # [B, L_v, D]
+        update = F.linear(acc, self.to_out.weight)  # [B, L_v, D]
+        return update.addcmul_(w.sum(dim=1).unsqueeze(-1), self.to_out.bias.to(update.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -218,23 +242,28 @@ class GatedAudioCrossAttention(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Predicts, for each identity, which video tokens show it, by cross-attending video tokens to its reference."""
+    """Predicts, for each identity, which video tokens show it, by cross-attending video tokens to its reference.
+
+    As the paper lists it: (1) one linear projection shared by video and reference tokens to query, key and value,
+    (2) LayerNorm of the queries and keys, (3) 3D RoPE, (4) cross-attention of the video tokens to one reference's
+    tokens, (5) a 2-layer MLP on the attended feature alone -> one logit per (identity, video token). With no residual
+    from the video token the logit can only come from what the token found in the reference (measured against the
+    previous design, pre-norm + separate projections + residual: docs/MODEL.md)."""
 
     def __init__(self, dim: int, head_dim_total: int, heads: int, eps: float, init_prob: float):
         super().__init__()
         self.heads = heads
+        self.width = head_dim_total
         self.init_prob = init_prob
-        self.proj = nn.Linear(dim, head_dim_total)  # shared by video and reference tokens
-        self.norm = FP32LayerNorm(head_dim_total, eps)
-        self.to_q = nn.Linear(head_dim_total, head_dim_total)
-        self.to_k = nn.Linear(head_dim_total, head_dim_total)
-        self.to_v = nn.Linear(head_dim_total, head_dim_total)
+        self.proj = nn.Linear(dim, 3 * head_dim_total)  # q | k | v, shared by video and reference tokens
+        self.norm_q = FP32LayerNorm(head_dim_total, eps)
+        self.norm_k = FP32LayerNorm(head_dim_total, eps)
         self.fc1 = nn.Linear(head_dim_total, head_dim_total)
         self.fc2 = nn.Linear(head_dim_total, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for layer in (self.proj, self.norm, self.to_q, self.to_k, self.to_v, self.fc1, self.fc2):
+        for layer in (self.proj, self.norm_q, self.norm_k, self.fc1, self.fc2):
             layer.reset_parameters()
         nn.init.constant_(self.fc2.bias, math.log(self.init_prob / (1 - self.init_prob)))
 
@@ -248,19 +277,23 @@ class MaskHead(nn.Module):
         """video [B, L_v, D], refs [B, N, L_r, D]; RoPE cos/sin [1, L_v, 1, d] and [1, N*L_r, 1, d] -> logits [B, N, L_v]."""
         B, L_v, _ = video.shape
         N, L_r = refs.shape[1], refs.shape[2]
-        hv = self.norm(self.proj(video)).type_as(video)  # [B, L_v, Dm]
-        hr = self.norm(self.proj(refs.flatten(1, 2))).type_as(video)  # [B, N*L_r, Dm]
-        q = apply_rotary_emb(self.to_q(hv).unflatten(-1, (self.heads, -1)), *video_rope)  # [B, L_v, Hm, dm]
-        k = apply_rotary_emb(self.to_k(hr).unflatten(-1, (self.heads, -1)), *ref_rope)  # [B, N*L_r, Hm, dm]
-        v = self.to_v(hr).unflatten(-1, (self.heads, -1))  # [B, N*L_r, Hm, dm]
-        # one attention per identity: fold identities into the batch
+        W = self.width
+        # 1. the shared projection: video tokens need only their queries, reference tokens only keys and values
+        q = F.linear(video, self.proj.weight[:W], self.proj.bias[:W])  # [B, L_v, Dm]
+        kv = F.linear(refs.flatten(1, 2), self.proj.weight[W:], self.proj.bias[W:])  # [B, N*L_r, 2 Dm]
+        k, v = kv.chunk(2, dim=-1)
+        # 2.-3. LayerNorm of q and k, then RoPE
+        q = apply_rotary_emb(self.norm_q(q).type_as(video).unflatten(-1, (self.heads, -1)), *video_rope)
+        k = apply_rotary_emb(self.norm_k(k).type_as(video).unflatten(-1, (self.heads, -1)), *ref_rope)
+        v = v.unflatten(-1, (self.heads, -1))  # [B, N*L_r, Hm, dm]
+        # 4. one attention per identity: fold identities into the batch
         q = q.unsqueeze(1).expand(B, N, L_v, self.heads, -1).reshape(B * N, L_v, self.heads, -1).transpose(1, 2)
         k = k.reshape(B * N, L_r, self.heads, -1).transpose(1, 2)  # [B*N, Hm, L_r, dm]
         v = v.reshape(B * N, L_r, self.heads, -1).transpose(1, 2)
         matched = F.scaled_dot_product_attention(q, k, v)  # [B*N, Hm, L_v, dm]
         matched = matched.transpose(1, 2).reshape(B, N, L_v, -1)  # [B, N, L_v, Dm]
-        x = F.gelu(self.fc1(hv.unsqueeze(1) + matched))  # [B, N, L_v, Dm]
-        return self.fc2(x).squeeze(-1).float()  # [B, N, L_v]
+        # 5. the MLP on the attended feature
+        return self.fc2(F.gelu(self.fc1(matched))).squeeze(-1).float()  # [B, N, L_v]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -277,7 +310,9 @@ class InterActHumanBlock(WanTransformerBlock):
             dim, config.ffn_dim, config.num_attention_heads, config.qk_norm, config.cross_attn_norm, config.eps, None
         )
         self.norm_audio = FP32LayerNorm(dim, config.eps, elementwise_affine=True)
-        self.audio_attn = GatedAudioCrossAttention(dim, config.audio_token_dim, config.num_attention_heads, config.eps)
+        inner = config.audio_attn_dim or dim
+        self.audio_attn = GatedAudioCrossAttention(dim, config.audio_token_dim, inner // config.attention_head_dim,
+                                                   config.eps, inner)
         self.mask_head = (
             MaskHead(dim, config.mask_head_dim, config.mask_head_heads, config.eps, config.mask_init_prob)
             if with_mask_head
@@ -300,7 +335,8 @@ class InterActHumanBlock(WanTransformerBlock):
         mask_rotary_refs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states [B, S = L_v + N*L_r, D], text [B, L_text, D], temb [B, 6, D], rotary cos/sin [1, S, 1, d],
-        self_attn_mask [B, 1, 1, S] bool or None, audio_tokens [B, N, F, M, D_tok], audio_gates [B, N, L_v].
+        self_attn_mask [B, 1, 1, S] bool or None, audio_tokens [B, K, F, M, D_tok] and audio_gates [B, K, L_v]: the
+        weights of K audio tracks (the identities, then the muted track if any).
         Returns (hidden_states [B, S, D], mask logits [B, N, L_v] float32 or None)."""
         L_v = num_video_tokens
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
@@ -392,9 +428,11 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         audio_hidden_dim: int = 512,
         audio_tokens: int = 32,
         audio_token_dim: int = 768,
+        audio_attn_dim: int | None = None,
         mask_head_dim: int = 256,
         mask_head_heads: int = 4,
         mask_head_blocks: int = 8,
+        mask_head_layers: str = "all",
         mask_init_prob: float = 0.1,
         flow_shift: float = 5.0,
     ) -> None:
@@ -419,9 +457,11 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             audio_hidden_dim=audio_hidden_dim,
             audio_tokens=audio_tokens,
             audio_token_dim=audio_token_dim,
+            audio_attn_dim=audio_attn_dim,
             mask_head_dim=mask_head_dim,
             mask_head_heads=mask_head_heads,
             mask_head_blocks=mask_head_blocks,
+            mask_head_layers=mask_head_layers,
             mask_init_prob=mask_init_prob,
             flow_shift=flow_shift,
         )
@@ -441,8 +481,9 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             audio_dim, cfg.audio_window, audio_hidden_dim, audio_tokens, audio_token_dim, eps
         )
 
-        # 3. Transformer blocks; mask heads in the last K
-        first_head = num_layers - mask_head_blocks
+        # 3. Transformer blocks; a mask head in each (or in the last K only), the final mask averages the last K
+        self.first_final_head = num_layers - mask_head_blocks
+        first_head = 0 if mask_head_layers == "all" else self.first_final_head
         self.blocks = nn.ModuleList([InterActHumanBlock(cfg, with_mask_head=i >= first_head) for i in range(num_layers)])
 
         # 4. Output norm & projection (Wan)
@@ -482,6 +523,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         audio_feats: torch.Tensor | None = None,
         audio_gates: torch.Tensor | None = None,
         identity_valid: torch.Tensor | None = None,
+        muted_audio: torch.Tensor | None = None,
     ) -> InterActHumanOutput:
         """
         latents        [B, C, F, H, W]       noisy video latents x_t
@@ -492,7 +534,12 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                        [B, N, F, W, D_a]     already windowed (W = 4 + 2 * audio_context), or None (no audio)
         audio_gates    [B, N, F, h, w] or [B, N, F*h*w] in [0, 1] over video tokens; None = all ones (global audio)
         identity_valid [B, N] bool; False marks a padding identity (its reference, audio and mask are ignored)
-        Returns InterActHumanOutput(velocity [B, C, F, H, W], mask [B, N, F, h, w] float32 or None).
+        muted_audio    [B, T_video, D_a] or [B, F, W, D_a]: features of silence. With gates, each video token hears
+                       identity n's audio with weight gate_n and the muted audio with the rest, max(0, 1 - sum_n
+                       gate_n): outside every mask the audio is muted, not absent, and soft masks blend the two near
+                       their boundaries (the paper). None: tokens outside the masks get no audio update (hard gate).
+        Returns InterActHumanOutput(velocity [B, C, F, H, W], mask [B, N, F, h, w] float32 or None,
+        layer_masks [heads, B, N, F, h, w] float32 or None).
         """
         # 0. Shapes
         B, _, num_frames, height, width = latents.shape
@@ -510,6 +557,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             raise ValueError(f"timestep must be [B] = [{B}], got {tuple(timestep.shape)}")
         if audio_feats is not None and audio_feats.shape[1] != N:
             raise ValueError(f"audio_feats has {audio_feats.shape[1]} identities, ref_latents has {N}")
+        all_valid = identity_valid is None
         if identity_valid is None:
             identity_valid = torch.ones(B, N, dtype=torch.bool, device=latents.device)
 
@@ -523,7 +571,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             hidden_states = torch.cat([hidden_states, refs.reshape(B, N * L_r, -1)], dim=1)  # [B, S, D]
         hidden_states = hidden_states.contiguous()
 
-        # 2. RoPE: video on t < F, reference i on t = F + i (backbone heads and mask-head heads)
+        # 2. RoPE: video on t < F, every reference on t = F (backbone heads and mask-head heads)
         num_refs = N if ref_latents is not None else 0
         rotary_emb = self.rope(num_frames, h, w, num_refs, ref_h, ref_w)  # cos, sin [1, S, 1, d]
         mask_rotary_video = mask_rotary_refs = None
@@ -536,23 +584,36 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(timestep, text_emb, None)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B, 6, D]
 
-        # 4. Audio tokens [B, N, F, M, D_tok] and gates [B, N, L_v] (zero for padding identities)
-        audio_tokens = gates = None
+        # 4. Audio tokens [B, K, F, M, D_tok] and weights [B, K, L_v]: the N identities' tracks (gates, zero for
+        #    padding identities), then the muted track (the rest of each token's weight) when it is given with gates
+        audio_tokens = weights = None
         if audio_feats is not None:
+            context = self.model_config.audio_context
             if audio_feats.ndim == 4:
-                audio_feats = window_audio(audio_feats, num_frames, self.model_config.audio_context)
+                audio_feats = window_audio(audio_feats, num_frames, context)
             if audio_feats.shape[2] != num_frames:
                 raise ValueError(f"audio_feats has {audio_feats.shape[2]} latent frames, latents have {num_frames}")
-            audio_tokens = self.audio_proj(audio_feats.to(hidden_states.dtype))
+            tracks = audio_feats.to(hidden_states.dtype)  # [B, N, F, W, D_a]
             if audio_gates is None:
-                gates = torch.ones(B, N, L_v, device=latents.device, dtype=hidden_states.dtype)
+                weights = torch.ones(B, N, L_v, device=latents.device, dtype=hidden_states.dtype)
             else:
-                gates = audio_gates.reshape(B, N, L_v).to(hidden_states.dtype)
-            gates = gates * identity_valid[:, :, None].to(gates.dtype)
+                weights = audio_gates.reshape(B, N, L_v).to(hidden_states.dtype)
+            weights = weights * identity_valid[:, :, None].to(weights.dtype)
+            if muted_audio is not None and audio_gates is not None:
+                muted = muted_audio[:, None] if muted_audio.ndim in (3, 4) else muted_audio
+                if muted.ndim == 4:
+                    muted = window_audio(muted, num_frames, context)
+                if muted.shape[:3] != (B, 1, num_frames) or muted.shape[3:] != tracks.shape[3:]:
+                    raise ValueError(f"muted_audio must be [B, T_video, D_a] or [B, F, W, D_a] like audio_feats, "
+                                     f"got {tuple(muted_audio.shape)}")
+                tracks = torch.cat([tracks, muted.to(tracks.dtype)], dim=1)  # [B, N + 1, F, W, D_a]
+                rest = (1 - weights.sum(dim=1, keepdim=True)).clamp(0, 1)  # [B, 1, L_v]
+                weights = torch.cat([weights, rest], dim=1)
+            audio_tokens = self.audio_proj(tracks)
 
         # 5. Self-attention key mask hiding padding identities' reference tokens (None when all are real)
         self_attn_mask = None
-        if num_refs > 0 and not bool(identity_valid.all()):
+        if num_refs > 0 and not all_valid and not bool(identity_valid.all()):
             key_valid = torch.cat(
                 [identity_valid.new_ones(B, L_v), identity_valid.repeat_interleave(L_r, dim=1)], dim=1
             )  # [B, S]
@@ -568,7 +629,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             num_refs,
             self_attn_mask,
             audio_tokens,
-            gates,
+            weights,
             mask_rotary_video,
             mask_rotary_refs,
         )
@@ -591,13 +652,15 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         video = video.reshape(B, num_frames, h, w, 1, p_h, p_w, -1)
         velocity = video.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-        # 9. Mask: mean over the last K heads of sigmoid(logits), zero for padding identities
-        mask = None
+        # 9. Mask: mean over the last K blocks' heads of sigmoid(logits), zero for padding identities
+        mask = layer_masks = None
         if mask_logits:
-            probs = torch.stack(mask_logits).sigmoid().mean(dim=0)  # [B, N, L_v] float32
-            probs = probs * identity_valid[:, :, None].to(probs.dtype)
-            mask = probs.reshape(B, N, num_frames, h, w)
-        return InterActHumanOutput(velocity, mask)
+            valid = identity_valid[None, :, :, None].float()
+            layer_masks = torch.stack(mask_logits).sigmoid() * valid  # [heads, B, N, L_v] float32
+            layer_masks = layer_masks.reshape(len(mask_logits), B, N, num_frames, h, w)
+            final = self.model_config.mask_head_blocks
+            mask = layer_masks[-final:].mean(dim=0)  # [B, N, F, h, w]
+        return InterActHumanOutput(velocity, mask, layer_masks)
 
     # -- loading --
 

@@ -24,6 +24,7 @@ class LossConfig:
     focal_alpha: float = 0.25  # weight of the positive class
     focal_gamma: float = 2.0
     mask_threshold: float | None = 0.5  # token coverage -> binary target; None keeps soft coverage targets
+    mask_supervision: str = "per_layer"  # "per_layer": mean of each head's focal loss; "final": the final mask's
 
     def __post_init__(self) -> None:
         for name in ("flow_weight", "mask_weight", "focal_gamma"):
@@ -32,6 +33,8 @@ class LossConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if not 0 <= self.focal_alpha <= 1:
             raise ValueError(f"focal_alpha: expected a value in [0, 1], got {self.focal_alpha!r}")
+        if self.mask_supervision not in ("final", "per_layer"):
+            raise ValueError(f"mask_supervision: expected 'final' or 'per_layer', got {self.mask_supervision!r}")
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ValueError(f"mask_threshold: expected None or a value in (0, 1), got {self.mask_threshold!r}")
 
@@ -152,7 +155,9 @@ def interacthuman_loss(
     """Total loss = flow_weight * MSE(velocity) + mask_weight * focal(mask).
 
     mask_target [B, N, F, h, w]; mask_valid [B, N, F] (frames); identity_valid [B, N]. Without a mask target (or
-    without a predicted mask) the mask term is 0, as in single-person pre-training with global audio.
+    without a predicted mask) the mask term is 0, as in single-person pre-training with global audio. With
+    ``mask_supervision="per_layer"`` the mask term is the mean over the heads of each head's focal loss
+    (``output.layer_masks``), so every head learns a mask of its own (the paper's per-layer masks).
     """
     flow = flow_matching_loss(output.velocity, target_velocity)
     mask = flow.new_zeros(())
@@ -161,6 +166,10 @@ def interacthuman_loss(
         valid = valid.to(mask_target.device).bool()
         if identity_valid is not None:
             valid = valid & identity_valid[:, :, None].bool()
-        mask = focal_loss(output.mask, mask_target, valid, config.focal_alpha, config.focal_gamma)
+        if config.mask_supervision == "per_layer" and output.layer_masks is not None:
+            mask = torch.stack([focal_loss(m, mask_target, valid, config.focal_alpha, config.focal_gamma)
+                                for m in output.layer_masks]).mean()
+        else:
+            mask = focal_loss(output.mask, mask_target, valid, config.focal_alpha, config.focal_gamma)
     total = config.flow_weight * flow + config.mask_weight * mask
     return {"loss": total, "flow": flow.detach(), "mask": mask.detach()}

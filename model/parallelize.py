@@ -4,7 +4,9 @@
 2. optional ``torch.compile`` per block;
 3. FSDP2 ``fully_shard`` per block, then the root: parameters sharded over the data-parallel mesh, computed in
    ``param_dtype`` (bf16 on GPUs), gradients reduced in float32. Submodules the model declares in
-   ``_keep_in_fp32_modules`` (norms, RoPE, time embedder) get their own float32 FSDP unit.
+   ``_keep_in_fp32_modules`` (norms, RoPE, time embedder) get their own float32 FSDP unit. The sharded parameters
+   (what the optimizer updates) stay float32 in every path: a single process with bf16 compute gets a process
+   group of one and the same FSDP2 wrapping; only float32 compute on one process leaves the model unwrapped.
 
 Checkpoint helpers use torch.distributed.checkpoint (DCP) on the sharded state, so a checkpoint written by N ranks
 loads on M ranks. The same code runs on CPUs with the gloo backend (tests) and on GPUs with NCCL.
@@ -24,7 +26,13 @@ import torch.nn as nn
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """Initialise the process group from torchrun's environment (single process without it)."""
+    """Initialise the process group from torchrun's environment (single process without it). A torchrun worker
+    also asks to die with its launcher (``model.launch.die_with_parent``): torch elastic starts workers in their own
+    session, so a launcher killed with SIGKILL would otherwise leave them training."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from model.launch import die_with_parent
+
+        die_with_parent()
     if "RANK" in os.environ and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
@@ -55,11 +63,12 @@ def parallelize(model: nn.Module, device: torch.device, *, param_dtype: torch.dt
             block.compile()
     if not dist.is_initialized():
         model.to(device)
-        if param_dtype != torch.float32:
-            from model.interacthuman import cast_keeping_fp32
-
-            cast_keeping_fp32(model, param_dtype)
-        return model
+        if param_dtype == torch.float32:
+            return model
+        # bf16 compute on one process: the same FSDP2 mixed precision as on many (fp32 master weights that the
+        # optimizer updates, bf16 copies for compute) on a process group of one. Casting the parameters themselves
+        # would lose every update below half a bf16 step (most of them at learning rates of 1e-5).
+        init_single_process_group(device)
     # 3. FSDP2: fp32 units first (nested units keep their own policy), then each block, then the root
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
@@ -73,6 +82,13 @@ def parallelize(model: nn.Module, device: torch.device, *, param_dtype: torch.dt
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
     return model
+
+
+def init_single_process_group(device: torch.device) -> None:
+    """A process group of one (an in-process store, no port), so FSDP2 runs without torchrun."""
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 # --------------------------------------------------------------------------------------------------------------

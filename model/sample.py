@@ -7,15 +7,20 @@ Kept apart from the model (as diffusers pipelines are): :class:`InterActHumanSam
     result = sampler("two people talk", [("obama.jpg", "man.wav"), ("biden.jpg", "woman.wav")], steps=50)
     result.write("out.mp4", save_masks=True)
 
-One window of video latents is denoised at a time (steps 1-4 are commented in ``_denoise_window``):
+One window of video latents is denoised at a time (steps 1-4 are commented in :func:`denoise`):
     1. noise; a later window's first latent frames are the previous window's last ``motion_frames`` video frames,
        VAE-encoded and re-noised to the current sigma before every model call ("motion frames")
     2. classifier-free guidance in one batched forward: row 0 is conditional (caption, each identity's audio gated by
-       its mask), row 1 unconditional (zero caption embedding and zero audio features, gates all ones: the training
-       dropout state); v = v_u + scale (v_c - v_u), one scale for text and audio
-    3. iterative mask routing (conditional row only): before ``mask_start_step`` no mask gates the audio (global
+       its mask), the last row unconditional (zero caption embedding and zero audio features, gates all ones: the
+       training dropout state); v = v_u + scale (v_c - v_u) with the paper's one scale for text and audio (6.5), or,
+       with separate text and audio scales, a third row (audio only) and MultiTalk's
+       v = v_u + s_audio (v_a - v_u) + s_text (v_c - v_a)
+    3. iterative mask routing (rows with audio): before ``mask_start_step`` no mask gates the audio (global
        audio, or ``early_audio="withheld"``; a later window uses the mask carried from the previous one); from then on
-       the mask the model predicted at step k gates each identity's audio at step k + 1
+       the mask the model predicted at step k gates each identity's audio at step k + 1. As in the paper the gates
+       are the mask confidences and the rest of each token's weight goes to muted (silence) audio, so tokens outside
+       every mask hear silence and mask boundaries blend the two (``mask_threshold`` / ``outside_audio="none"`` give
+       the hard gate instead)
     4. a flow-matching solver step (UniPC or Euler, ``model.solvers``)
     5. the window is decoded; the frames after its motion frames go to the output, each frame exactly once
 Long audio is covered by the window plan of :func:`plan_windows`; the output has round(audio_seconds * fps) frames.
@@ -47,6 +52,9 @@ from model.sample_inputs import (
 from model.solvers import SOLVERS, FlowSolver, renoise
 
 EARLY_AUDIO = ("global", "withheld")
+OUTSIDE_AUDIO = ("muted", "none")
+ROUTINGS = ("predicted", "global", "fixed")
+MAX_IDENTITIES = 8  # as training's DataConfig.max_identities bound
 UMT5_XXL_DIM = 4096  # text_dim of a model that expects real UMT5-XXL caption states
 VAE_STRIDE = 8
 TOKEN_STRIDE = 16  # VAE stride 8 x patch 2: pixels per token side
@@ -63,10 +71,13 @@ class SamplingConfig:
 
     steps: int = 50
     solver: str = "unipc"  # "unipc" or "euler"
-    guidance_scale: float = 6.5  # one scale for text and audio; 1.0 runs the conditional branch alone
+    guidance_scale: float = 6.5  # the paper's one scale for text and audio; 1.0 runs the conditional branch alone
+    text_guidance_scale: float | None = None  # separate scales (MultiTalk's 3-row CFG) when either is set; the
+    audio_guidance_scale: float | None = None  # other one then defaults to guidance_scale
     mask_start_step: int = 10  # steps before mask gating starts (first window)
     early_audio: str = "global"  # before mask_start_step with several identities: "global" or "withheld"
-    mask_threshold: float | None = 0.5  # gate = (mask >= threshold), as the binary training gates; None: soft mask
+    mask_threshold: float | None = None  # None: gates are the mask confidences (soft); p: gate = (mask >= p)
+    outside_audio: str = "muted"  # tokens outside every mask hear "muted" (silence) audio, or "none" (no update)
     carry_masks: bool = True  # a later window gates with the previous window's masks until mask_start_step
     fps: float = 25.0
     height: int | None = None
@@ -85,8 +96,12 @@ class SamplingConfig:
             bad("steps", "expected a positive int")
         if self.solver not in SOLVERS:
             bad("solver", f"expected one of {', '.join(SOLVERS)}")
-        if not self.guidance_scale >= 0:
-            bad("guidance_scale", "expected a number >= 0")
+        for name in ("guidance_scale", "text_guidance_scale", "audio_guidance_scale"):
+            v = getattr(self, name)
+            if (v is not None or name == "guidance_scale") and not (isinstance(v, (int, float)) and v >= 0):
+                bad(name, "expected a number >= 0")
+        if self.outside_audio not in OUTSIDE_AUDIO:
+            bad("outside_audio", f"expected one of {', '.join(OUTSIDE_AUDIO)}")
         if not isinstance(self.mask_start_step, int) or self.mask_start_step < 0:
             bad("mask_start_step", "expected an int >= 0")
         if self.early_audio not in EARLY_AUDIO:
@@ -111,6 +126,21 @@ class SamplingConfig:
 
     def replace(self, **changes: Any) -> "SamplingConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        """(text scale, audio scale) of the guidance."""
+        return (self.guidance_scale if self.text_guidance_scale is None else self.text_guidance_scale,
+                self.guidance_scale if self.audio_guidance_scale is None else self.audio_guidance_scale)
+
+    @property
+    def cfg_rows(self) -> int:
+        """Forward rows per step: 1 (no guidance), 2 (conditional, unconditional: one shared scale), or 3
+        (conditional, audio only, unconditional: separate text and audio scales)."""
+        s_text, s_audio = self.scales
+        if s_text != s_audio:
+            return 3
+        return 1 if s_text == 1.0 else 2
 
 
 @dataclass(frozen=True)
@@ -262,10 +292,12 @@ def random_tiny_model(seed: int = 0):
             out = block.audio_attn.to_out
             out.weight.copy_(torch.randn(out.weight.shape, generator=g) * 0.2)
             out.bias.copy_(torch.randn(out.bias.shape, generator=g) * 0.1)
-            if block.mask_head is not None:
-                fc2 = block.mask_head.fc2
-                fc2.weight.copy_(torch.randn(fc2.weight.shape, generator=g) * 2.0 / fc2.weight.shape[1] ** 0.5)
-                fc2.bias.zero_()
+            if block.mask_head is not None:  # sharper attention and a larger last layer: masks that vary
+                head = block.mask_head
+                head.norm_q.weight.mul_(8.0)
+                head.fc2.weight.copy_(torch.randn(head.fc2.weight.shape, generator=g) * 8.0
+                                      / head.fc2.weight.shape[1] ** 0.5)
+                head.fc2.bias.zero_()
     return model.eval()
 
 
@@ -372,11 +404,12 @@ class SampleResult:
 class Conditioning:
     """Everything a window's forward needs besides the latents; batch row 0 conditional, row 1 unconditional."""
 
-    text: torch.Tensor  # [B, L, text_dim]
+    text: torch.Tensor  # [B, L, text_dim] (the conditional caption in row 0; zeros in the rows that drop text)
     refs: torch.Tensor  # [B, N, C, 1, r/8, r/8]
     audio: torch.Tensor  # [1, N, F, 4 + 2c, D] the window's audio features, windowed per latent frame
     #                      (or [1, N, L_win, D] per video frame: the model windows them, clamped to the window)
-    batch: int  # 2 with classifier-free guidance, else 1
+    batch: int  # rows: 1 (no guidance), 2 (cond, uncond) or 3 (cond, audio only, uncond); see SamplingConfig
+    muted: torch.Tensor | None = None  # [1, F, 4 + 2c, D] features of silence (outside_audio="muted"), or None
 
     @property
     def identities(self) -> int:
@@ -505,7 +538,9 @@ class InterActHumanSampler:
                          f"audio ({cfg.early_audio} audio throughout the first window)")
         log(f"{total} frames ({total / cfg.fps:.2f} s at {cfg.fps:g} fps) in {len(windows)} window(s) of "
             f"{cfg.window_frames} frames ({cfg.motion_frames} motion); {cfg.steps} {cfg.solver} steps, "
-            f"CFG {cfg.guidance_scale:g}, mask gating from step {cfg.mask_start_step}; {self.device} {self.dtype}")
+            f"CFG {describe_guidance(cfg)}, mask gating from step {cfg.mask_start_step} ("
+            f"{'soft' if cfg.mask_threshold is None else f'>= {cfg.mask_threshold:g}'} masks, "
+            f"{cfg.outside_audio} audio outside them); {self.device} {self.dtype}")
 
         # conditioning shared by all windows
         dev, dt = self.device, self.dtype
@@ -517,8 +552,11 @@ class InterActHumanSampler:
             wave[i, : min(len(t), samples_padded)] = t[:samples_padded]
         feats = self.stack.audio.encode(torch.from_numpy(wave).to(dev), padded)  # [N, T_pad, D], per video frame
         feats = feats.to(dt)[None]  # [1, N, T_pad, D]
-        cfg_batch = 1 if cfg.guidance_scale == 1.0 else 2
-        text = torch.cat([text_c, torch.zeros_like(text_c)]) if cfg_batch == 2 else text_c
+        muted = None
+        if cfg.outside_audio == "muted":  # what tokens outside every mask hear: silence
+            muted = self.stack.audio.encode(torch.zeros(1, samples_padded, device=dev), padded).to(dt)  # [1, T, D]
+        cfg_batch = cfg.cfg_rows
+        text = torch.cat([text_c] + [torch.zeros_like(text_c)] * (cfg_batch - 1))  # rows 1, 2 drop the caption
         refs_b = refs.expand(cfg_batch, *refs.shape[1:])
 
         H, W = cfg.height, cfg.width
@@ -533,7 +571,8 @@ class InterActHumanSampler:
         for win in windows:
             t0 = time.perf_counter()
             idx = window_audio_indices(win, self.config.audio_context, padded).to(dev)  # [F, 4 + 2c]
-            cond = Conditioning(text, refs_b, feats[:, :, idx], cfg_batch)  # audio [1, N, F, 4 + 2c, D]
+            cond = Conditioning(text, refs_b, feats[:, :, idx], cfg_batch,  # audio [1, N, F, 4 + 2c, D]
+                                muted[:, idx] if muted is not None else None)
             motion_x0 = carried = None
             if win.motion:
                 prev = video[win.start : win.out_start]  # the output frames this window continues from
@@ -573,76 +612,107 @@ class InterActHumanSampler:
         x = torch.stack([_frames_to_tensor(c[None])[0, :, 0] for c in crops])[None]  # [1, N, 3, r, r]
         return self.stack.vae.encode_references(x.to(self.device)).to(self.dtype)
 
-    def _gates(self, step: int, cfg: SamplingConfig, predicted: torch.Tensor | None,
-               carried: torch.Tensor | None, identities: int) -> tuple[torch.Tensor | None, bool]:
-        """(gates of the conditional row [1, N, F, h, w] or None for all ones, whether its audio is on).
-
-        From ``mask_start_step`` on: the mask predicted at the previous step. Before: the carried mask of the previous
-        window if there is one, else global audio (gates all ones), or no audio for several identities with
-        ``early_audio="withheld"``."""
-        mask = None
-        if step >= cfg.mask_start_step and predicted is not None:
-            mask = predicted
-        elif carried is not None:
-            mask = carried
-        if mask is None:
-            return None, not (cfg.early_audio == "withheld" and identities > 1)
-        gates = mask if cfg.mask_threshold is None else (mask >= cfg.mask_threshold)
-        return gates.to(self.dtype), True
-
-    def guided_velocity(self, x: torch.Tensor, sigma: float, cond: Conditioning, gates: torch.Tensor | None,
-                        audio_on: bool, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return guided_velocity(self.model, x, sigma, cond, gates, audio_on, guidance_scale, self.dtype)
-
     def _denoise_window(self, win: Window, cond: Conditioning, cfg: SamplingConfig, shift: float,
                         gen: torch.Generator, motion_x0: torch.Tensor | None, carried: torch.Tensor | None,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoise one window -> (clean latents [1, C, F, H/8, W/8] float32, last predicted mask [1, N, F, h, w])."""
-        C = self.config.in_channels
-        shape = (1, C, win.latent_frames, cfg.height // VAE_STRIDE, cfg.width // VAE_STRIDE)
-        solver = FlowSolver(cfg.solver, cfg.steps, shift)
-        # 1. noise; motion latents are re-noised with their own fixed noise at every step
-        x = torch.randn(shape, generator=gen).to(self.device)  # pure noise at sigma_0 = 1
-        m = win.motion_latents
-        motion_noise = torch.randn((1, C, m, *shape[3:]), generator=gen).to(self.device) if m else None
-        predicted = None
-        for i in range(cfg.steps):
-            sigma = float(solver.sigmas[i])
-            if m:
-                x[:, :, :m] = renoise(motion_x0.float(), motion_noise, sigma)
-            # 3. routing: gates of the conditional row from the mask predicted at step i - 1
-            gates, audio_on = self._gates(i, cfg, predicted, carried, cond.identities)
-            # 2. guided velocity, both CFG rows in one forward
-            v, predicted = self.guided_velocity(x, sigma, cond, gates, audio_on, cfg.guidance_scale)
-            # 4. solver step to sigma_{i+1}
-            x = solver.step(v, i, x)
+        shape = (1, self.config.in_channels, win.latent_frames, cfg.height // VAE_STRIDE, cfg.width // VAE_STRIDE)
+        return denoise(self.model, cond, cfg, shape, gen, self.dtype, shift=shift, motion_latents=win.motion_latents,
+                       motion_x0=motion_x0, carried=carried)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. Denoising: routing, guidance, one trajectory
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def routing_gates(step: int, cfg: SamplingConfig, predicted: torch.Tensor | None, carried: torch.Tensor | None,
+                  identities: int) -> tuple[torch.Tensor | None, bool]:
+    """(gates of the conditional rows [1, N, F, h, w] or None for all ones, whether their audio is on).
+
+    From ``mask_start_step`` on: the mask predicted at the previous step. Before: the carried mask of the previous
+    window if there is one, else global audio (gates all ones), or no audio for several identities with
+    ``early_audio="withheld"``. Gates are the mask confidences, or ``mask >= mask_threshold`` when one is set."""
+    mask = None
+    if step >= cfg.mask_start_step and predicted is not None:
+        mask = predicted
+    elif carried is not None:
+        mask = carried
+    if mask is None:
+        return None, not (cfg.early_audio == "withheld" and identities > 1)
+    gates = mask if cfg.mask_threshold is None else (mask >= cfg.mask_threshold).to(mask.dtype)
+    return gates, True
+
+
+def denoise(model, cond: Conditioning, cfg: SamplingConfig, shape: tuple[int, ...], gen: torch.Generator,
+            dtype: torch.dtype, shift: float | None = None, motion_latents: int = 0,
+            motion_x0: torch.Tensor | None = None, carried: torch.Tensor | None = None, routing: str = "predicted",
+            fixed_gates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One denoising trajectory of latents ``shape`` [1, C, F, H, W] -> (clean latents float32, the last predicted
+    mask [1, N, F, h, w]); steps 1-4 as in the module docstring. ``routing`` says how identities' audio reaches the
+    video: ``predicted`` (the sampler: :func:`routing_gates`), ``global`` (every identity everywhere, no gating) or
+    ``fixed`` (``fixed_gates`` [1, N, F, h, w] at every step, e.g. ground-truth or user-drawn masks)."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing: expected one of {', '.join(ROUTINGS)}, got {routing!r}")
+    if (routing == "fixed") != (fixed_gates is not None):
+        raise ValueError("routing='fixed' needs fixed_gates, and only it takes them")
+    device = cond.refs.device
+    C = shape[1]
+    solver = FlowSolver(cfg.solver, cfg.steps, cfg.shift if shift is None else shift)
+    # 1. noise; motion latents are re-noised with their own fixed noise at every step
+    x = torch.randn(shape, generator=gen).to(device)  # pure noise at sigma_0 = 1
+    m = motion_latents
+    motion_noise = torch.randn((1, C, m, *shape[3:]), generator=gen).to(device) if m else None
+    predicted = None
+    for i in range(cfg.steps):
+        sigma = float(solver.sigmas[i])
         if m:
-            x[:, :, :m] = motion_x0.float()  # clamped: the carried frames are exact
-        if predicted is None:  # a model without mask heads
-            _, p_h, p_w = self.config.patch_size
-            predicted = torch.zeros(1, cond.identities, shape[2], shape[3] // p_h, shape[4] // p_w,
-                                    device=self.device)
-        return x, predicted
+            x[:, :, :m] = renoise(motion_x0.float(), motion_noise, sigma)
+        # 3. routing: gates of the conditional rows from the mask predicted at step i - 1
+        if routing == "predicted":
+            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.identities)
+        else:
+            gates, audio_on = fixed_gates, True
+        # 2. guided velocity, all CFG rows in one forward
+        v, predicted = guided_velocity(model, x, sigma, cond, gates, audio_on, cfg.scales, dtype)
+        # 4. solver step to sigma_{i+1}
+        x = solver.step(v, i, x)
+    if m:
+        x[:, :, :m] = motion_x0.float()  # clamped: the carried frames are exact
+    if predicted is None:  # a model without mask heads
+        _, p_h, p_w = model.model_config.patch_size
+        predicted = torch.zeros(1, cond.identities, shape[2], shape[3] // p_h, shape[4] // p_w, device=device)
+    return x, predicted
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 5. Helpers
-# ---------------------------------------------------------------------------------------------------------------------
+def describe_guidance(cfg: SamplingConfig) -> str:
+    s_text, s_audio = cfg.scales
+    return f"{s_text:g}" if s_text == s_audio else f"text {s_text:g} / audio {s_audio:g}"
 
 
 def guided_velocity(model, x: torch.Tensor, sigma: float, cond: Conditioning, gates: torch.Tensor | None,
-                    audio_on: bool, guidance_scale: float, dtype: torch.dtype,
+                    audio_on: bool, scales: float | tuple[float, float], dtype: torch.dtype,
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One CFG forward, both rows batched: x [1, C, F, H, W] at noise level sigma -> (guided velocity float32 [1, C, F,
-    H, W], the conditional row's mask [1, N, F, h, w] float32 or None). Row 0 gets the caption and, if ``audio_on``,
-    the audio gated by ``gates`` (None: all ones); row 1 zero caption, zero audio, gates all ones."""
+    """One CFG forward, all rows batched: x [1, C, F, H, W] at noise level sigma -> (guided velocity float32 [1, C, F,
+    H, W], the conditional row's mask [1, N, F, h, w] float32 or None).
+
+    Rows (``cond.batch``): 0 conditional (caption; audio if ``audio_on``, gated by ``gates``, None: all ones, with the
+    muted track outside the masks), then for 3 rows an audio-only row (zero caption, the same gated audio), and last
+    the unconditional row (zero caption, zero audio, gates all ones: the training dropout state).
+    Two rows: v = v_u + s (v_c - v_u) with one scale s (the paper's 6.5). Three rows (MultiTalk's separate scales):
+    v = v_u + s_audio (v_a - v_u) + s_text (v_c - v_a), which is the two-row formula when s_text = s_audio."""
     B, N = cond.batch, cond.identities
+    s_text, s_audio = scales if isinstance(scales, tuple) else (scales, scales)
     device = x.device
     audio_c = cond.audio if audio_on else torch.zeros_like(cond.audio)
-    audio = torch.cat([audio_c, torch.zeros_like(cond.audio)]) if B == 2 else audio_c
-    audio_gates = None
+    with_audio = 2 if B == 3 else 1  # rows that hear the audio
+    audio = torch.cat([audio_c] * with_audio + [torch.zeros_like(cond.audio)] * (B - with_audio))
+    audio_gates = muted = None
     if gates is not None:
-        audio_gates = gates if B == 1 else torch.cat([gates, torch.ones_like(gates)])
+        gates = gates.to(dtype)
+        audio_gates = torch.cat([gates] * with_audio + [torch.ones_like(gates)] * (B - with_audio))
+        if cond.muted is not None:
+            muted = torch.cat([cond.muted] * with_audio + [torch.zeros_like(cond.muted)] * (B - with_audio))
     out = model(
         latents=x.to(dtype).expand(B, *x.shape[1:]),
         timestep=torch.full((B,), 1000.0 * sigma, device=device),
@@ -651,13 +721,22 @@ def guided_velocity(model, x: torch.Tensor, sigma: float, cond: Conditioning, ga
         audio_feats=audio,
         audio_gates=audio_gates,
         identity_valid=torch.ones(B, N, dtype=torch.bool, device=device),
+        muted_audio=muted,
     )
     v = out.velocity.float()
     if B == 2:
         v_c, v_u = v.chunk(2)
-        v = v_u + guidance_scale * (v_c - v_u)
+        v = v_u + s_text * (v_c - v_u)
+    elif B == 3:
+        v_c, v_a, v_u = v.chunk(3)
+        v = v_u + s_audio * (v_a - v_u) + s_text * (v_c - v_a)
     mask = out.mask[:1].float() if out.mask is not None else None
     return v, mask
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. Helpers
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def default_settings(source: ModelSource, config: InterActHumanConfig | None = None) -> dict[str, Any]:
@@ -689,21 +768,20 @@ def resolve_sampling_config(source: ModelSource, config: SamplingConfig | None =
     return cfg.replace(**fill) if fill else cfg
 
 
-def max_identities(model_config: InterActHumanConfig, config: SamplingConfig) -> int:
-    """Identities that fit the RoPE table next to a window's latent frames (reference i sits at t = F + i)."""
-    return model_config.rope_max_seq_len - (1 + (config.window_frames - 1) // 4)
-
-
 def check_sizes(model_config: InterActHumanConfig, config: SamplingConfig, identities: int) -> None:
-    """InputError when the resolution or the identity count does not fit the model (cheap; before loading)."""
+    """InputError when the resolution, the window or the identity count does not fit the model (cheap; before
+    loading). Every reference sits on RoPE frame t = F after a window's F latent frames, whatever their number."""
     limit = model_config.rope_max_seq_len
     h, w = config.height // TOKEN_STRIDE, config.width // TOKEN_STRIDE
     if max(h, w, config.ref_size // TOKEN_STRIDE) > limit:
         raise InputError(f"{config.height}x{config.width} (references {config.ref_size}) gives a token grid "
                          f"beyond rope_max_seq_len={limit}")
-    if identities > max_identities(model_config, config):
-        raise InputError(f"{identities} identities with {config.window_frames}-frame windows exceed this model's "
-                         f"RoPE table (rope_max_seq_len={limit}): at most {max_identities(model_config, config)}")
+    latent_frames = 1 + (config.window_frames - 1) // 4
+    if latent_frames + 1 > limit:
+        raise InputError(f"{config.window_frames}-frame windows ({latent_frames} latent frames + the references' "
+                         f"frame) exceed this model's RoPE table (rope_max_seq_len={limit})")
+    if identities > MAX_IDENTITIES:
+        raise InputError(f"{identities} identities: at most {MAX_IDENTITIES}")
 
 
 def check_encoder_dirs(source: ModelSource, wan_dir: str | Path | None, audio_dir: str | Path | None) -> None:

@@ -20,6 +20,7 @@ This module imports no torch.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,10 @@ def request_from_args(prompt: str | None, refs: list[str], audios: list[str]) ->
 
 
 def _resolve(path: str, base: Path, what: str, origin: str) -> str:
+    from pipeline import storage
+
+    if storage.is_url(path):
+        return path  # s3://, gs://, file://: checked when read
     p = Path(path).expanduser()
     if p.is_absolute():
         return str(p)
@@ -201,15 +206,27 @@ def read_batch_file(path: str | Path) -> list[SampleRequest]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _is_file(path: str) -> bool:
+    """A local file or an object in a bucket (any URL ``pipeline.storage`` reads)."""
+    from pipeline import storage
+
+    try:
+        found = storage.info(str(path))
+    except OSError:
+        return False
+    return found is not None and found.is_file
+
+
 def load_image(path: str, label: str) -> np.ndarray:
     """RGB uint8 [H, W, 3] with EXIF orientation applied; InputError naming ``label`` otherwise."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    p = Path(path)
-    if not p.is_file():
+    from pipeline import storage
+
+    if not _is_file(path):
         raise InputError(f"{label}: image {path} not found")
     try:
-        with Image.open(p) as im:
+        with Image.open(io.BytesIO(storage.read_bytes(path))) as im:
             im = ImageOps.exif_transpose(im)
             img = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -222,12 +239,14 @@ def load_image(path: str, label: str) -> np.ndarray:
 
 def load_track(path: str, label: str) -> np.ndarray:
     """float32 mono 16 kHz samples; InputError naming ``label`` for a missing file, no audio, or too short."""
+    from pipeline import storage
     from pipeline.media import MediaError, load_audio
 
-    if not Path(path).is_file():
+    if not _is_file(path):
         raise InputError(f"{label}: audio {path} not found")
     try:
-        x = load_audio(str(path), AUDIO_RATE)
+        with storage.local_file(str(path)) as local:  # a URL is read once into a spill file
+            x = load_audio(local, AUDIO_RATE)
     except MediaError as e:
         raise InputError(f"{label}: {e}") from None
     if len(x) < MIN_AUDIO_SECONDS * AUDIO_RATE:

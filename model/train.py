@@ -18,14 +18,20 @@ The output directory holds ``checkpoints/step_*`` (DCP: model, optimizer; schedu
 the final ``model/`` (``save_pretrained``, what the sampler loads). Rerunning the same command resumes from
 ``latest`` and continues the same loss curve: noise and timesteps come from generators seeded by
 (seed, step, micro-batch, rank), and the data stream restarts at its saved position.
+
+Fault injection (tests): with ``INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP=N`` in the environment, each process stops
+working after step N (its metrics and, on a checkpoint step, its checkpoint written) and sleeps until it is killed,
+so a test can kill the workers at a known point.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +41,8 @@ from typing import Any
 import torch
 
 STAGES = ("audio", "multi")
+OUTSIDE_AUDIO = ("muted", "none")
+MASK_SUPERVISION = ("final", "per_layer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -68,10 +76,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
-    text_drop: float = 0.1  # classifier-free guidance dropout of the caption
-    audio_drop: float = 0.1  # ... and of the audio
+    # classifier-free guidance dropout: both together with joint_drop, else each independently (see draw_conditions)
+    joint_drop: float = 0.1  # caption and audio dropped together: the sampler's unconditional row
+    text_drop: float = 0.1  # the caption alone (the audio-only row of separate text/audio scales)
+    audio_drop: float = 0.1  # the audio alone
     mask_gate_free: float = 0.5  # stage multi: share of samples trained with global audio; only these get the mask
     # loss, since with ground-truth gates the mask head can read its answer off where the audio went
+    outside_audio: str = "muted"  # stage multi: tokens outside every mask hear silence ("muted") or nothing ("none")
+    mask_supervision: str = "per_layer"  # focal loss on each head's mask (the paper's per-layer masks), or "final"
     # execution
     param_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     activation_checkpointing: bool = True
@@ -102,7 +114,11 @@ class TrainConfig:
         for f in ("lr", "grad_clip"):
             if getattr(self, f) <= 0:
                 bad(f, f"must be > 0, got {getattr(self, f)}")
-        for f in ("text_drop", "audio_drop", "min_lr_ratio", "mask_gate_free"):
+        if self.outside_audio not in OUTSIDE_AUDIO:
+            bad("outside_audio", f"must be one of {', '.join(OUTSIDE_AUDIO)}, got {self.outside_audio!r}")
+        if self.mask_supervision not in MASK_SUPERVISION:
+            bad("mask_supervision", f"must be one of {', '.join(MASK_SUPERVISION)}, got {self.mask_supervision!r}")
+        for f in ("joint_drop", "text_drop", "audio_drop", "min_lr_ratio", "mask_gate_free"):
             if not 0 <= getattr(self, f) <= 1:
                 bad(f, f"must be in [0, 1], got {getattr(self, f)}")
         if len(self.betas) != 2:
@@ -167,6 +183,33 @@ def _backbone_keys() -> set[str]:
     return set(WAN_BACKBONE_KEYS)
 
 
+def build_audio_encoder(cfg: TrainConfig) -> Any:
+    """Only the audio encoder of the stack (what the features of silence need)."""
+    if cfg.wan_dir:
+        from model.encoders import AudioEncoder
+
+        return AudioEncoder.from_pretrained(cfg.audio_dir)
+    return build_stack(cfg).audio
+
+
+def muted_features(cfg: TrainConfig, shards: list[str], features: bool, stack: Any | None) -> torch.Tensor | None:
+    """Features of silence [frames, audio_dim] for ``outside_audio="muted"`` in stage multi (None otherwise): from
+    the feature directory's ``muted.pth`` (written by precompute), else encoded here."""
+    from model.data import muted_audio_features
+
+    if cfg.stage != "multi" or cfg.outside_audio != "muted":
+        return None
+    from pipeline import storage
+
+    saved = storage.join(storage.parent(shards[0]), MUTED_FILE) if features and shards else None
+    if saved is not None and storage.exists(saved):
+        return torch.load(io.BytesIO(storage.read_bytes(saved)), weights_only=True)
+    return muted_audio_features(stack.audio if stack is not None else build_audio_encoder(cfg), cfg.frames)
+
+
+MUTED_FILE = "muted.pth"
+
+
 def build_stack(cfg: TrainConfig) -> Any:
     from model.stack import EncoderStack
 
@@ -175,20 +218,32 @@ def build_stack(cfg: TrainConfig) -> Any:
     return EncoderStack.tiny(cfg.model_config(), seed=cfg.encoder_seed)
 
 
-def find_shards(data: str, cfg: TrainConfig) -> tuple[list[Path], bool]:
-    """(shards, are_features): precomputed feature shards for this data config if present, else curated shards."""
+def find_shards(data: str, cfg: TrainConfig) -> tuple[list[str], bool]:
+    """(shards, are_features): precomputed feature shards for this data config if present, else curated shards.
+
+    ``data`` is a local path or a URL (``s3://bucket/run``): shards are streamed from where they are."""
     from model.precompute import feature_dir
+    from pipeline import storage
     from pipeline.manifest import committed_shards
 
-    d = Path(data)
-    feats = feature_dir(d, cfg) if (d / "run.json").exists() else d
-    done = sorted(feats.glob("*.tar")) if feats.is_dir() and (feats / "DONE").exists() else []
-    if done:
-        return done, True
-    if (d / "run.json").exists():
+    d = storage.canonical(str(data))
+    is_run = storage.exists(storage.join(d, "run.json"))
+    feats = feature_dir(d, cfg) if is_run else d
+
+    def tars(where: str) -> list[str]:
+        return sorted(f.uri for f in storage.listdir(where) if f.is_file and f.uri.endswith(".tar")
+                      and not storage.name(f.uri).startswith("."))
+
+    if storage.exists(storage.join(feats, "DONE")):
+        done = tars(feats)
+        if done:
+            return done, True
+    if is_run:
         return committed_shards(d), False
-    tars = sorted(d.glob("*.tar"))
-    return tars, bool(tars) and (d / "DONE").exists()
+    if not storage.isdir(d):
+        raise ValueError(f"data {data}: not found (a curation run directory, or a feature directory from precompute)")
+    found = tars(d)
+    return found, bool(found) and storage.exists(storage.join(d, "DONE"))
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -205,42 +260,71 @@ def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.
     return torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) * 8191 + rank)
 
 
+def draw_conditions(batch: int, cfg: TrainConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-sample draws of one micro-batch (bool [B] each): keep_text, keep_audio, gate_free.
+
+    Classifier-free guidance dropout: with probability ``joint_drop`` caption and audio are dropped together (the
+    sampler's unconditional row), otherwise each independently with ``text_drop`` / ``audio_drop``. With the defaults
+    (0.1 each) both are dropped in 0.1 + 0.9 * 0.01 = 10.9% of samples (1% without the joint drop), the caption alone
+    in 8.1% (the audio-only row of separate text and audio scales), the audio alone in 8.1%. The paper gives no
+    rates: the single drops keep the 10% this trainer used before, and the joint term makes the unconditional state
+    of the shared-scale sampler about as frequent as either single drop."""
+    joint = torch.rand(batch, generator=g) < cfg.joint_drop
+    keep_text = ~joint & (torch.rand(batch, generator=g) >= cfg.text_drop)
+    keep_audio = ~joint & (torch.rand(batch, generator=g) >= cfg.audio_drop)
+    gate_free = torch.rand(batch, generator=g) < cfg.mask_gate_free
+    return {"keep_text": keep_text, "keep_audio": keep_audio, "gate_free": gate_free}
+
+
 def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.Generator, device: torch.device,
-                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One micro-batch: noise, flow time, CFG dropout, forward, flow + focal losses, batch mask IoU."""
-    from model.losses import flow_matching_pair, interacthuman_loss, sample_flow_time
+                 dtype: torch.dtype, muted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One micro-batch: noise, flow time, CFG dropout, forward, flow + focal losses, batch mask IoU.
+
+    Stage ``multi``: a sample's audio is gated by its ground-truth masks, except where it hears global audio
+    (gates all ones): samples without masks, the ``gate_free`` share, and samples whose audio is dropped (the
+    sampler's unconditional row has gates all ones too). The mask loss applies exactly where the gates carry no
+    mask (the global-audio samples that have masks), over their valid (identity, frame) pairs. ``muted`` [T, D]:
+    features of silence, heard outside the masks (``outside_audio="muted"``)."""
+    from model.losses import LossConfig, flow_matching_pair, interacthuman_loss, sample_flow_time
 
     x0 = batch["latents"]
     B = x0.shape[0]
     noise = torch.randn(x0.shape, generator=g)
     t = sample_flow_time(B, model.model_config.flow_shift, g)
     xt, target = flow_matching_pair(x0, noise, t)
-    keep_text = (torch.rand(B, generator=g) >= cfg.text_drop).float()
-    keep_audio = (torch.rand(B, generator=g) >= cfg.audio_drop).float()
+    draws = draw_conditions(B, cfg, g)
+    keep_text, keep_audio = draws["keep_text"].float(), draws["keep_audio"].float()
     text = batch["text_emb"] * keep_text[:, None, None]
     audio = batch["audio_feats"] * keep_audio[:, None, None, None]
     multi = cfg.stage == "multi"
-    gates = batch["mask_target"] if multi else None
-    # Mask supervision only where the gates carry no mask: gate-free samples hear global audio (as the sampler does
-    # before its mask cache starts); gated samples teach each identity's audio routing through the flow loss.
-    gate_free = torch.rand(B, generator=g) < cfg.mask_gate_free
-    if multi:  # a sample without masks gets global audio and no mask loss
-        global_audio = ~batch["has_masks"] | gate_free
-        gates = torch.where(global_audio[:, None, None, None, None], torch.ones_like(gates), gates)
+    gates = muted_audio = None
+    supervised = torch.zeros(B, dtype=torch.bool)
+    if multi:
+        global_audio = ~batch["has_masks"] | draws["gate_free"] | ~draws["keep_audio"]
+        gates = torch.where(global_audio[:, None, None, None, None], torch.ones_like(batch["mask_target"]),
+                            batch["mask_target"])
+        supervised = batch["has_masks"] & global_audio
+        if cfg.outside_audio == "muted":
+            if muted is None:
+                raise ValueError("outside_audio='muted' needs the features of silence (muted)")
+            muted_audio = muted[None].expand(B, *muted.shape) * keep_audio[:, None, None]
     to = dict(device=device)
     out = model(
         latents=xt.to(**to, dtype=dtype), timestep=(t * 1000).to(**to), text_emb=text.to(**to, dtype=dtype),
         ref_latents=batch["ref_latents"].to(**to, dtype=dtype), audio_feats=audio.to(**to, dtype=dtype),
         audio_gates=gates.to(**to, dtype=dtype) if gates is not None else None,
         identity_valid=batch["identity_valid"].to(device),
+        muted_audio=muted_audio.to(**to, dtype=dtype) if muted_audio is not None else None,
     )
-    mask_valid = batch["mask_valid"] & (batch["has_masks"] & gate_free)[:, None, None]
+    mask_valid = batch["mask_valid"] & supervised[:, None, None]
     losses = interacthuman_loss(
         out, target.to(device), batch["mask_target"].to(device) if multi else None,
         mask_valid.to(device) if multi else None, batch["identity_valid"].to(device),
+        LossConfig(mask_supervision=cfg.mask_supervision),
     )
     if multi and out.mask is not None:
-        losses["mask_iou"] = mask_iou(out.mask.detach().float().cpu(), batch["mask_target"], mask_valid)
+        losses["mask_iou"] = mask_iou(out.mask.detach().float().cpu(), batch["mask_target"],
+                                      mask_valid & batch["identity_valid"][:, :, None])
     return losses
 
 
@@ -275,6 +359,12 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         save_checkpoint,
     )
 
+    from pipeline import storage
+
+    if storage.is_url(cfg.output):  # before any process group starts
+        raise ValueError(f"output {cfg.output}: checkpoints and the exported model are written to a local or shared "
+                         f"filesystem path (torch.distributed.checkpoint needs one); data may be a URL. Copy the "
+                         f"exported model to a bucket after training if you keep models there")
     rank, world, device = init_distributed()
     dtype = DTYPES["bf16" if device.type == "cuda" else "fp32"] if cfg.param_dtype == "auto" else DTYPES[cfg.param_dtype]
     out = Path(cfg.output)
@@ -285,6 +375,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     shards, features = find_shards(cfg.data, cfg)
     stack = None if features else build_stack(cfg)
     stream = ExampleStream(shards, cfg.data_config(), stack, rank=rank, world=world)
+    muted = muted_features(cfg, shards, features, stack)
 
     model = build_model(cfg)
     model.train()
@@ -316,6 +407,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
 
         writer = SummaryWriter(str(out / "tb"))
     it = iter(stream)
+    hold_after = int(os.environ.get("INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP") or 0)
     last: dict[str, Any] = {}
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     for step in range(start, end):
@@ -325,7 +417,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for micro in range(cfg.grad_accum):
             batch = collate([next(it) for _ in range(cfg.batch_size)], cfg.max_identities)
-            losses = compute_loss(model, batch, cfg, step_generator(cfg, step, micro, rank), device, dtype)
+            losses = compute_loss(model, batch, cfg, step_generator(cfg, step, micro, rank), device, dtype, muted)
             (losses["loss"] / cfg.grad_accum).backward()
             for k, v in losses.items():
                 v = v.detach()
@@ -357,6 +449,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler,
                             {"data": stream.state_dict(), "rng": torch.random.get_rng_state()},
                             keep=cfg.keep_checkpoints)
+        if step + 1 == hold_after:
+            print(f"INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP={hold_after}: holding (kill me)", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
     if end == cfg.steps:
         export_model(out / "model", model)
     if rank == 0:

@@ -179,7 +179,8 @@ Train the InterActHuman model on curated shards (see model/train.py for the reci
 
 A training recipe names the data (a curation run directory), the stage (audio: single-person pre-training with
 global audio; multi: mask-gated audio and the mask loss), the model config and weights, and the optimisation.
-Rerunning the same command resumes from the latest checkpoint in the recipe's output directory.
+Rerunning the same command resumes from the latest checkpoint in the recipe's output directory. With --nproc > 1,
+Ctrl-C or SIGTERM stops every worker (forwarded to torchrun; a second signal kills them at once).
 
 examples:
   interacthuman train datasets/recipes/train/debug_audio.yaml              # tiny model, CPU, one process
@@ -465,8 +466,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import subprocess
-
     from model.train import load_train_config
     from pipeline.recipe import RecipeError
 
@@ -483,9 +482,13 @@ def _train(args: argparse.Namespace) -> int:
         if args.command == "precompute":
             return 0
     if args.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "model.train", args.recipe, *sum((["--set", o] for o in args.overrides), [])]
-        return subprocess.call(cmd, cwd=PROJECT_ROOT)
+        # torchrun starts its workers in their own sessions: run_torchrun forwards SIGINT/SIGTERM/SIGHUP to it and
+        # kills any worker session still alive when it returns (model/launch.py)
+        from model.launch import run_torchrun, torchrun_command
+
+        recipe = str(Path(args.recipe).resolve())  # torchrun runs in the project root
+        cmd = torchrun_command(args.nproc, "model.train", [recipe, *sum((["--set", o] for o in args.overrides), [])])
+        return run_torchrun(cmd, cwd=PROJECT_ROOT, log=log)
     from model.train import train
 
     last = train(cfg)

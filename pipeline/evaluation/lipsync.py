@@ -8,7 +8,10 @@ silero-vad's speech intervals, a floor (log 1e-4) outside them.
   (the opening itself is a weak signal: a listener may rest with the mouth open);
 * ``s(i, j)``: how well face ``i``'s mouth follows track ``j``: the Pearson correlation of its mouth motion with
   track ``j``'s envelope, the best over lags of at most 80 ms (2 ticks; SyncNet allows more, but it reports the
-  offset apart). A still mouth has no correlation (0). Needs 2 s of measured face and 0.5 s of speech in the track.
+  offset apart). A still mouth has no correlation (0): one whose motion stays under ``STILL_MOTION`` (0.05 eye
+  distances per second, the lip-sync stage's least talking motion) for 90% of the time, since landmark jitter on an
+  encoded still frame correlates with any envelope by chance (about 0.1 measured, at 0.03). Needs 2 s of measured
+  face and 0.5 s of speech in the track.
 * ``lipsync`` of identity ``i`` is ``s(i, i)`` (its own track); a video's is the mean over identities whose track
   holds speech. Higher is better; audio shifted by half a second scores near 0.
 * ``binding_accuracy``: for each identity ``i`` whose track holds speech, bound right (1) when its face follows its
@@ -33,6 +36,8 @@ MIN_FACE_S = 2.0
 MIN_SPEECH_S = 0.5
 ENV_WIN_S = 0.04
 ENV_FLOOR = float(np.log(1e-4))
+STILL_MOTION = 0.05  # smoothed mouth motion (opening change per second, in eye distances) of a still mouth: jitter
+STILL_QUANTILE = 90
 
 
 def envelope(track: np.ndarray, times: np.ndarray, voice: list[list[float]], win_s: float = ENV_WIN_S) -> np.ndarray:
@@ -57,6 +62,8 @@ def follow(mouth: np.ndarray, env: np.ndarray, rate: float, max_lag_s: float = M
     ok = ~np.isnan(opening)
     if ok.sum() < min_face_s * rate:
         return None
+    if np.nanpercentile(opening, STILL_QUANTILE) < STILL_MOTION:
+        return 0.0  # a still mouth (only landmark jitter) follows no track
     lag = int(round(max_lag_s * rate))
     best = -1.0
     for d in range(-lag, lag + 1):

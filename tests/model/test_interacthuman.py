@@ -81,35 +81,143 @@ def _first_block_output(model, inputs):
 
 
 def test_audio_routing_is_exact():
-    """Identity i's audio reaches only the tokens its gate covers (and nothing when its gate is zero)."""
+    """Identity n's audio reaches only the tokens its gate covers (and nothing when its gate is zero), for each of
+    the three identities in turn."""
     model = tiny_model(seed=3)
     randomize_audio_outputs(model)
     B, N, Fr, H, W = 2, 3, 3, 8, 12
     h, w = H // 2, W // 2
     L_v = Fr * h * w
     inputs = tiny_inputs(model, batch=B, identities=N, frames=Fr, height=H, width=W)
-    changed_audio = inputs["audio_feats"].clone()
-    changed_audio[:, 1] = torch.randn_like(changed_audio[:, 1])  # identity 1 says something else
+    regions = torch.zeros(N, B, Fr, h, w, dtype=torch.bool)  # a different region for each identity
+    regions[0, :, :, 0:2, 0:2] = True
+    regions[1, :, :, 1:3, 2:5] = True
+    regions[2, :, 1:, 2:4, 4:6] = True
+    for n in range(N):
+        changed_audio = inputs["audio_feats"].clone()
+        changed_audio[:, n] = torch.randn_like(changed_audio[:, n])  # identity n says something else
 
-    # gate of identity 1 zero everywhere: output unchanged (velocity and masks), bit for bit
-    gates = torch.rand(B, N, Fr, h, w)
-    gates[:, 1] = 0
-    ref = model(**inputs, audio_gates=gates)
-    alt = model(**{**inputs, "audio_feats": changed_audio}, audio_gates=gates)
-    torch.testing.assert_close(alt.velocity, ref.velocity, rtol=0, atol=0)
-    torch.testing.assert_close(alt.mask, ref.mask, rtol=0, atol=0)
+        # gate of identity n zero everywhere: output unchanged (velocity and masks), bit for bit
+        gates = torch.rand(B, N, Fr, h, w, generator=torch.Generator().manual_seed(n))
+        gates[:, n] = 0
+        ref = model(**inputs, audio_gates=gates)
+        alt = model(**{**inputs, "audio_feats": changed_audio}, audio_gates=gates)
+        torch.testing.assert_close(alt.velocity, ref.velocity, rtol=0, atol=0)
+        torch.testing.assert_close(alt.mask, ref.mask, rtol=0, atol=0)
 
-    # gate of identity 1 on a region: after the first block only that region's video tokens change
-    region = torch.zeros(B, Fr, h, w, dtype=torch.bool)
-    region[:, :, 1:3, 2:5] = True
-    gates[:, 1] = region.float()
-    h_ref, _ = _first_block_output(model, {**inputs, "audio_gates": gates})
-    h_alt, _ = _first_block_output(model, {**inputs, "audio_feats": changed_audio, "audio_gates": gates})
-    diff = (h_alt - h_ref).abs().amax(dim=-1)  # [B, S]
-    inside = region.reshape(B, L_v)
-    assert (diff[:, :L_v][inside] > 1e-4).all()  # the region hears identity 1
-    assert (diff[:, :L_v][~inside] == 0).all()  # nothing else does
-    assert (diff[:, L_v:] == 0).all()  # reference tokens never receive audio
+        # gate of identity n on its region: after the first block only that region's video tokens change
+        gates[:, n] = regions[n].float()
+        h_ref, _ = _first_block_output(model, {**inputs, "audio_gates": gates})
+        h_alt, _ = _first_block_output(model, {**inputs, "audio_feats": changed_audio, "audio_gates": gates})
+        diff = (h_alt - h_ref).abs().amax(dim=-1)  # [B, S]
+        inside = regions[n].reshape(B, L_v)
+        assert (diff[:, :L_v][inside] > 1e-4).all(), n  # the region hears identity n
+        assert (diff[:, :L_v][~inside] == 0).all(), n  # nothing else does
+        assert (diff[:, L_v:] == 0).all(), n  # reference tokens never receive audio
+
+
+def test_identity_order_carries_no_information():
+    """Permuting the identities (references, audio, gates, valid flags) permutes the masks and leaves the velocity
+    unchanged: every reference sits on the same RoPE positions, so slot order cannot be learned."""
+    model = tiny_model(seed=7)
+    randomize_audio_outputs(model)
+    B, N = 2, 3
+    inputs = tiny_inputs(model, batch=B, identities=N, frames=2, height=8, width=8)
+    gates = torch.rand(B, N, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    perm = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        ref = model(**inputs, audio_gates=gates, identity_valid=valid)
+        alt = model(**{**inputs, "ref_latents": inputs["ref_latents"][:, perm],
+                       "audio_feats": inputs["audio_feats"][:, perm]}, audio_gates=gates[:, perm],
+                    identity_valid=valid[:, perm])
+    torch.testing.assert_close(alt.velocity, ref.velocity, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alt.mask, ref.mask[:, perm], rtol=1e-5, atol=1e-6)
+    assert ref.mask[0, 2].abs().sum() == 0 and ref.mask[0, :2].abs().sum() > 0
+
+
+def test_tokens_outside_the_masks_hear_muted_audio():
+    """With muted audio, each token's audio update is sum_n g_n * update(identity n) + max(0, 1 - sum_n g_n) *
+    update(muted): a token outside every mask gets exactly the muted track's update, a token at a soft boundary the
+    blend (checked against each track run alone with gates all ones)."""
+    model = tiny_model(seed=8)
+    randomize_audio_outputs(model)
+    B, N, Fr, h, w = 1, 2, 2, 4, 4
+    inputs = tiny_inputs(model, batch=B, identities=N, frames=Fr, height=8, width=8)
+    muted = torch.randn(B, 4 * (Fr - 1) + 1, model.config.audio_dim, generator=torch.Generator().manual_seed(2))
+    gates = torch.zeros(B, N, Fr, h, w)
+    gates[:, 0, :, :2, :2] = 1.0
+    gates[:, 1, :, 2:, 2:] = 1.0
+    gates[:, 0, :, 0, 3] = 0.3  # a soft boundary token: 0.3 identity 0 + 0.7 muted
+    block = model.blocks[0].audio_attn
+    calls = []
+    hook = block.register_forward_hook(lambda m, a, out: calls.append(out.detach()))
+    try:
+        with torch.no_grad():
+            model(**inputs, audio_gates=gates, muted_audio=muted)
+            alone = []  # block 0's update with one track everywhere (same references, so the same video tokens)
+            one_hot = torch.zeros(B, N, Fr, h, w)
+            one_hot[:, 0] = 1
+            as_first = inputs["audio_feats"].clone()
+            as_first[:, 0] = muted
+            for audio, onehot in ((inputs["audio_feats"], one_hot), (inputs["audio_feats"], one_hot.flip(1)),
+                                  (as_first, one_hot)):
+                model(**{**inputs, "audio_feats": audio}, audio_gates=onehot)
+                alone.append(calls[-1])
+    finally:
+        hook.remove()
+    blended = calls[0][0]  # [L_v, D]
+    g = gates[0].reshape(N, -1)  # [N, L_v]
+    rest = (1 - g.sum(0)).clamp(0, 1)
+    expected = g[0, :, None] * alone[0][0] + g[1, :, None] * alone[1][0] + rest[:, None] * alone[2][0]
+    torch.testing.assert_close(blended, expected, rtol=1e-5, atol=1e-6)
+    outside = (g.sum(0) == 0)
+    assert outside.any() and (rest[outside] == 1).all()
+    torch.testing.assert_close(blended[outside], alone[2][0][outside], rtol=1e-5, atol=1e-6)
+    assert (blended[outside] - alone[0][0][outside]).abs().max() > 1e-3  # not identity 0's update
+
+
+@pytest.mark.parametrize("inner", [None, 16])
+def test_gated_outputs_are_summed_before_the_output_projection(inner):
+    """The audio attention sums the weighted per-track outputs before to_out and scales its bias by the summed
+    weights: the same as projecting each track and summing (what it replaced), a token with zero weight gets 0;
+    also with a narrower inner width (audio_attn_dim)."""
+    model = tiny_model(seed=9, audio_attn_dim=inner)
+    randomize_audio_outputs(model)
+    attn = model.blocks[0].audio_attn
+    g = torch.Generator().manual_seed(4)
+    B, K, Fr, hw, M, D = 2, 3, 2, 6, model.model_config.audio_tokens, model.model_config.dim
+    video = torch.randn(B, Fr * hw, D, generator=g)
+    tokens = torch.randn(B, K, Fr, M, model.model_config.audio_token_dim, generator=g)
+    weights = torch.rand(B, K, Fr * hw, generator=g)
+    weights[0, :, :3] = 0
+    with torch.no_grad():
+        got = attn(video, tokens, weights, Fr)
+        expected = torch.zeros_like(got)
+        for k in range(K):
+            one = torch.zeros_like(weights)
+            one[:, k] = 1
+            unit = attn(video, tokens[:, k : k + 1], one[:, k : k + 1], Fr)  # to_out(attn_k), bias included
+            expected += weights[:, k, :, None] * unit
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got[0, :3] == 0).all()
+
+
+def test_per_layer_heads_and_the_final_mask():
+    """mask_head_layers='all' puts a head in every block (each returned in layer_masks); the final mask is the mean
+    of the last mask_head_blocks heads."""
+    model = tiny_model(seed=10, num_layers=3, mask_head_blocks=2, mask_head_layers="all")
+    assert all(b.mask_head is not None for b in model.blocks)
+    inputs = tiny_inputs(model, identities=2)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.layer_masks.shape == (3, *out.mask.shape)
+    torch.testing.assert_close(out.mask, out.layer_masks[1:].mean(dim=0))
+    last = tiny_model(seed=10, num_layers=3, mask_head_blocks=2, mask_head_layers="last")
+    assert [b.mask_head is not None for b in last.blocks] == [False, True, True]
+    with torch.no_grad():
+        out_last = last(**inputs)
+    assert out_last.layer_masks.shape[0] == 2
 
 
 def test_audio_is_windowed_per_latent_frame():
@@ -196,15 +304,6 @@ def test_save_load_same_output(tmp_path):
     torch.testing.assert_close(after.mask, before.mask, rtol=0, atol=0)
 
 
-def test_declares_capabilities():
-    assert InterActHumanModel._no_split_modules == ["InterActHumanBlock"]
-    assert "norm_audio" in InterActHumanModel._keep_in_fp32_modules
-    assert InterActHumanModel._supports_gradient_checkpointing
-    model = tiny_model()
-    assert model.new_module_names()[0] == "audio_proj"
-    assert len([n for n in model.new_module_names() if n.endswith("mask_head")]) == model.config.mask_head_blocks
-
-
 def test_bad_input_shapes_are_errors(model):
     inputs = tiny_inputs(model, identities=2)
     with pytest.raises(ValueError, match="patch"):
@@ -215,3 +314,37 @@ def test_bad_input_shapes_are_errors(model):
         model(**{**inputs, "audio_feats": inputs["audio_feats"][:, :1]})
     with pytest.raises(ValueError, match="timestep"):
         model(**{**inputs, "timestep": inputs["timestep"][:1]})
+
+
+def _peak_bytes(fn) -> int:
+    """Highest total of live CPU tensor bytes allocated during fn() (torch.profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_audio_path_memory_does_not_grow_with_the_identities():
+    """The audio attention's transient memory stays about 4 [B, L_v, D] tensors for 1 or 4 tracks (it was 3 more per
+    identity when the queries were copied per identity and to_out ran on [B, N, L_v, D])."""
+    model = tiny_model(seed=11, num_attention_heads=4, attention_head_dim=32)  # dim 128
+    attn = model.blocks[0].audio_attn
+    B, Fr, hw, D = 2, 4, 64, 128
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(B, Fr * hw, D, generator=g)
+    unit = video.numel() * 4
+    peaks = {}
+    with torch.no_grad():
+        for K in (1, 4):
+            tokens = torch.randn(B, K, Fr, model.model_config.audio_tokens, model.model_config.audio_token_dim,
+                                 generator=g)
+            weights = torch.rand(B, K, Fr * hw, generator=g)
+            peaks[K] = _peak_bytes(lambda: attn(video, tokens, weights, Fr)) / unit
+    assert peaks[4] < peaks[1] + 1.0, peaks  # the previous path: about 4 + 3 * 3 = 13 units for 4 tracks

@@ -140,6 +140,8 @@ def _record(model):
 
 
 def test_routing_gates_each_identity_by_the_mask_of_the_previous_step(sampler):
+    """Default routing, as the paper: from the start step each identity's audio is weighted by the mask confidence
+    predicted at the previous step, and the rest of each token's weight goes to muted (silence) audio."""
     steps, start = 6, 2
     idents = [(OBAMA, _clip(MAN, 0.5, 0.6)), (BIDEN, _clip(WOMAN, 5.0, 0.6))]  # 15 frames: one window
     calls, attn, handles = _record(sampler.model)
@@ -149,28 +151,72 @@ def test_routing_gates_each_identity_by_the_mask_of_the_previous_step(sampler):
         for h in handles:
             h.remove()
     assert len(result.windows) == 1 and len(calls) == steps == len(attn)
+    silence = sampler.stack.audio.encode(torch.zeros(1, round(17 / 25 * 16000)), 17)  # the padded 17-frame window
+    N = 2
     for i, c in enumerate(calls):
         cond_audio, uncond_audio = c["audio_feats"][0], c["audio_feats"][1]
-        assert c["latents"].shape[0] == 2  # both CFG branches in one forward
+        assert c["latents"].shape[0] == 2  # both CFG branches in one forward (one shared scale)
         assert cond_audio.abs().sum() > 0 and uncond_audio.abs().sum() == 0  # uncond: zero audio
         assert c["text_emb"][1].abs().sum() == 0 and c["text_emb"][0].abs().sum() > 0  # uncond: zero caption
         if i < start:
-            assert c["audio_gates"] is None  # before the start step: global audio, no gating
+            assert c["audio_gates"] is None and c["muted_audio"] is None  # global audio before the start step
             continue
-        cached = (calls[i - 1]["mask_out"][0] >= 0.5).float()  # conditional row's mask of the previous step
-        assert torch.equal(c["audio_gates"][0].float(), cached)
+        cached = calls[i - 1]["mask_out"][0]  # conditional row's mask (confidences) of the previous step
+        assert torch.equal(c["audio_gates"][0], cached) and 0 < cached.min() and cached.max() < 1
         assert torch.all(c["audio_gates"][1] == 1)  # the unconditional row is never gated
-        assert torch.equal(attn[i]["args"][2][0].float(), cached.flatten(1))  # what block 0 multiplies with
+        from model.sample import window_audio_indices
+        idx = window_audio_indices(result.windows[0], sampler.config.audio_context, 17)
+        torch.testing.assert_close(c["muted_audio"][0], silence[0, idx])  # muted = features of silence
+        # what block 0 weights the tracks with: the N identities' confidences, then muted audio gets the rest
+        weights = attn[i]["args"][2]  # [B, N + 1, L_v]
+        assert weights.shape[1] == N + 1
+        torch.testing.assert_close(weights[0, :N], cached.flatten(1))
+        torch.testing.assert_close(weights[0, N], (1 - cached.flatten(1).sum(0)).clamp(0, 1))
+        assert torch.all(weights[1, N] == 0)  # unconditional row: no muted share
 
-    # effect: change identity n's audio tokens in block 0's recorded call; only tokens inside its mask move
+    # effect: change the muted track's tokens in block 0's recorded call: exactly the tokens with a muted share move
+    # (the blend itself, tokens with and without a share, is checked on the model in test_interacthuman.py)
+    module = sampler.model.blocks[0].audio_attn
+    g = torch.Generator().manual_seed(0)
+    for i in range(start, steps):
+        video, tokens, weights, frames = attn[i]["args"]
+        with torch.no_grad():
+            base = module(video, tokens, weights, frames)[0]  # conditional row [L_v, D]
+            assert torch.allclose(base, attn[i]["out"][0], atol=1e-6)
+            other = tokens.clone()
+            other[:, N] = torch.randn(other[:, N].shape, generator=g)
+            moved = (module(video, other, weights, frames)[0] - base).abs().sum(-1)  # [L_v]
+        share = weights[0, N] > 0
+        assert torch.all(moved[~share] == 0) and torch.all(moved[share] > 0), f"step {i}"
+
+
+def test_hard_gate_routes_each_identity_only_inside_its_thresholded_mask(sampler):
+    """The hard-gate option (mask_threshold=p, outside_audio="none"): identity n's audio reaches exactly the tokens
+    where its previous-step mask is >= p, and no token outside the masks gets an audio update. (p is the median of
+    the random model's first masks, so that the thresholded masks are neither empty nor everything.)"""
+    steps, start = 5, 2
+    idents = [(OBAMA, _clip(MAN, 0.5, 0.6)), (BIDEN, _clip(WOMAN, 5.0, 0.6))]
+    calls, attn, handles = _record(sampler.model)
+    try:  # the first steps do not depend on the threshold: global audio until the start step
+        sampler("two people talk", idents, steps=start, mask_start_step=start, height=64, width=64)
+        p = float(calls[-1]["mask_out"][0].median())
+        calls.clear(), attn.clear()
+        sampler("two people talk", idents, steps=steps, mask_start_step=start, height=64, width=64,
+                mask_threshold=p, outside_audio="none")
+    finally:
+        for h in handles:
+            h.remove()
+    for i in range(start, steps):
+        cached = (calls[i - 1]["mask_out"][0] >= p).float()
+        assert torch.equal(calls[i]["audio_gates"][0].float(), cached) and calls[i]["muted_audio"] is None
+        assert torch.equal(attn[i]["args"][2][0].float(), cached.flatten(1))  # no muted track
     module = sampler.model.blocks[0].audio_attn
     g = torch.Generator().manual_seed(0)
     inside_seen, outside_seen = set(), set()
     for i in range(start, steps):
         video, tokens, gates, frames = attn[i]["args"]
         with torch.no_grad():
-            base = module(video, tokens, gates, frames)[0]  # conditional row [L_v, D]
-            assert torch.allclose(base, attn[i]["out"][0], atol=1e-6)
+            base = module(video, tokens, gates, frames)[0]
             for n in range(tokens.shape[1]):
                 other = tokens.clone()
                 other[:, n] = torch.randn(other[:, n].shape, generator=g)
@@ -183,6 +229,53 @@ def test_routing_gates_each_identity_by_the_mask_of_the_previous_step(sampler):
                 if not inside.all():
                     outside_seen.add(n)
     assert inside_seen == outside_seen == {0, 1}  # the masks are neither empty nor everything
+
+
+def test_separate_text_and_audio_scales_follow_multitalk(sampler):
+    """Separate scales run three rows (conditional, audio only, unconditional) and combine them as
+    v_u + s_audio (v_a - v_u) + s_text (v_c - v_a); equal scales give the shared-scale result of two rows."""
+    from model.sample import Conditioning, guided_velocity
+
+    model = sampler.model
+    cfgm = model.model_config
+    g = torch.Generator().manual_seed(3)
+    N, Fr = 2, 3
+    x = torch.randn(1, cfgm.in_channels, Fr, 4, 4, generator=g)
+    text = torch.randn(1, 6, cfgm.text_dim, generator=g)
+    refs = torch.randn(1, N, cfgm.in_channels, 1, 4, 4, generator=g)
+    audio = torch.randn(1, N, Fr, cfgm.audio_window, cfgm.audio_dim, generator=g)
+    muted = torch.randn(1, Fr, cfgm.audio_window, cfgm.audio_dim, generator=g)
+    gates = torch.rand(1, N, Fr, 2, 2, generator=g)
+
+    def cond(rows):
+        t = torch.cat([text] + [torch.zeros_like(text)] * (rows - 1))
+        return Conditioning(t, refs.expand(rows, -1, -1, -1, -1, -1), audio, rows, muted)
+
+    with torch.no_grad():
+        v3, mask3 = guided_velocity(model, x, 0.7, cond(3), gates, True, (5.0, 4.0), torch.float32)
+
+        def row(text_on, audio_on):
+            return model(x, torch.tensor([700.0]), text if text_on else torch.zeros_like(text), refs,
+                         audio if audio_on else torch.zeros_like(audio),
+                         gates if audio_on else torch.ones_like(gates), muted_audio=muted).velocity
+        v_c, v_a, v_u = row(True, True), row(False, True), row(False, False)
+        torch.testing.assert_close(v3, v_u + 4.0 * (v_a - v_u) + 5.0 * (v_c - v_a), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mask3, model(x, torch.tensor([700.0]), text, refs, audio, gates,
+                                                muted_audio=muted).mask, rtol=1e-5, atol=1e-6)
+        same3, _ = guided_velocity(model, x, 0.7, cond(3), gates, True, (6.5, 6.5), torch.float32)
+        shared2, _ = guided_velocity(model, x, 0.7, cond(2), gates, True, 6.5, torch.float32)
+        torch.testing.assert_close(same3, shared2, rtol=1e-4, atol=1e-4)
+    calls, _attn, handles = _record(model)
+    try:
+        sampler("two people talk", [(OBAMA, _clip(MAN, 0.5, 0.3)), (BIDEN, _clip(WOMAN, 5.0, 0.3))], steps=1,
+                height=32, width=32, text_guidance_scale=5.0, audio_guidance_scale=4.0)
+    finally:
+        for h in handles:
+            h.remove()
+    c = calls[0]
+    assert c["latents"].shape[0] == 3
+    assert c["text_emb"][1:].abs().sum() == 0 and c["text_emb"][0].abs().sum() > 0
+    assert torch.equal(c["audio_feats"][1], c["audio_feats"][0]) and c["audio_feats"][2].abs().sum() == 0
 
 
 def test_withheld_early_audio_and_single_identity_global(sampler):
@@ -244,10 +337,11 @@ def test_motion_frames_renoised_each_step_and_masks_carried(sampler):
     for e in eps[1:]:
         assert torch.allclose(e, eps[0], atol=1e-3)
     # until the start step the second window is gated by the masks carried from the first one
-    carried = frames_to_latent_masks(r.masks[:, 8:13]) >= 0.5  # [N, m, h, w]
-    gates = second[0]["audio_gates"][0].bool().numpy()
-    assert (gates[:, :m] == carried).all() and (gates[:, m:] == carried[:, -1:]).all()
-    assert torch.equal(second[start]["audio_gates"][0].float(), (second[start - 1]["mask_out"][0] >= 0.5).float())
+    carried = frames_to_latent_masks(r.masks[:, 8:13])  # [N, m, h, w] confidences
+    gates = second[0]["audio_gates"][0].numpy()
+    np.testing.assert_allclose(gates[:, :m], carried, rtol=1e-6)
+    np.testing.assert_allclose(gates[:, m:], np.repeat(carried[:, -1:], gates.shape[1] - m, axis=1), rtol=1e-6)
+    assert torch.equal(second[start]["audio_gates"][0], second[start - 1]["mask_out"][0])
     assert r.frame_window.tolist() == [0] * 13 + [1] * 7
 
 

@@ -84,8 +84,9 @@ def test_precomputed_features_equal_on_the_fly_examples(curated, tmp_path):
     from model.train import build_stack, load_train_config
 
     cfg = load_train_config(_train_recipe(tmp_path, curated, tmp_path / "out"))
-    out = precompute(cfg, log=lambda m: None)
-    assert out == feature_dir(curated, cfg) and (out / "DONE").exists()
+    out = Path(precompute(cfg, log=lambda m: None))
+    assert out == Path(feature_dir(curated, cfg)).resolve() and (out / "DONE").exists()
+    assert not list(out.glob(".*.tmp"))
     from pipeline.shards import iter_tar_samples
 
     feats = {k: load_example(raw["pth"]) for tar in sorted(out.glob("*.tar")) for k, raw in iter_tar_samples(tar)}
@@ -100,12 +101,23 @@ def test_precomputed_features_equal_on_the_fly_examples(curated, tmp_path):
     assert batch["latents"].shape[:3] == (2, 4, 3) and batch["identity_valid"].all()
 
 
-def _torchrun(recipe: Path, log: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+HOLD = "INTERACTHUMAN_TRAIN_HOLD_AFTER_STEP"
+
+
+def _torchrun(recipe: Path, log: Path, hold_after: int | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != HOLD}
+    env["OMP_NUM_THREADS"] = "1"
+    if hold_after:
+        env[HOLD] = str(hold_after)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.train",
-           str(recipe), *extra]
+           str(recipe)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def _metric_steps(out: Path) -> list[int]:
+    path = out / "metrics.jsonl"
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -113,7 +125,39 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}  # later records of a step win (resumed runs)
 
 
+def _wait_for(cond, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc.poll() is None, f"exited with {proc.returncode} first:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def _workers(launcher_pid: int) -> list:
+    import psutil
+
+    procs = [p for p in psutil.Process(launcher_pid).children(recursive=True)
+             if "model.train" in " ".join(p.cmdline()) and "torch.distributed.run" not in " ".join(p.cmdline())]
+    return procs
+
+
+def _gone(procs, timeout: float = 20.0) -> bool:
+    """Whether all of ``procs`` exit within ``timeout``; those still alive then are killed (a failing test leaves
+    nothing running)."""
+    import psutil
+
+    _dead, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return not alive
+
+
 def test_fsdp_two_processes_kill_and_resume_continue_the_same_loss_curve(curated, tmp_path):
+    """Two FSDP workers are SIGKILLed after their step-3 checkpoint (held there, so the kill lands at a known point);
+    the rerun resumes from step 3, trains steps 4-6 only, and its losses equal the uninterrupted run's."""
     from model.precompute import precompute
     from model.train import load_train_config
 
@@ -124,27 +168,90 @@ def test_fsdp_two_processes_kill_and_resume_continue_the_same_loss_curve(curated
     p = _torchrun(ref, tmp_path / "a.log")
     assert p.wait(timeout=600) == 0, (tmp_path / "a.log").read_text()[-3000:]
     full = _losses(tmp_path / "a" / "out")
-    assert sorted(full) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for v in full.values())
+    assert _metric_steps(tmp_path / "a" / "out") == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for v in full.values())
     assert (tmp_path / "a" / "out" / "model" / "config.json").exists()
     assert (tmp_path / "a" / "out" / "loss_curve.png").exists()
-    # killed after the step-3 checkpoint, then resumed
+    # the workers themselves are killed after the step-3 checkpoint
     (tmp_path / "b").mkdir()
-    rb = _train_recipe(tmp_path / "b", curated, tmp_path / "b" / "out")
-    p = _torchrun(rb, tmp_path / "b.log")
-    latest = tmp_path / "b" / "out" / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while time.time() < deadline and p.poll() is None:
-        if latest.exists() and latest.read_text().strip() == "step_00000003":
-            break
-        time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, "training finished before it was killed"
-    assert not (tmp_path / "b" / "out" / "model").exists()
+    out = tmp_path / "b" / "out"
+    rb = _train_recipe(tmp_path / "b", curated, out)
+    p = _torchrun(rb, tmp_path / "b.log", hold_after=3)
+    latest = out / "checkpoints" / "latest"
+    _wait_for(lambda: latest.exists() and latest.read_text().strip() == "step_00000003", p, tmp_path / "b.log")
+    workers = _workers(p.pid)
+    assert len(workers) == 2, workers
+    for w in workers:
+        w.kill()
+    assert _gone(workers)
+    assert p.wait(timeout=120) != 0  # torchrun reports the failed workers
+    assert _metric_steps(out) == [1, 2, 3]
+    assert latest.read_text().strip() == "step_00000003" and not (out / "model").exists()
+    # the rerun resumes from step 3 and runs steps 4-6, once each
     p = _torchrun(rb, tmp_path / "b2.log")
     assert p.wait(timeout=600) == 0, (tmp_path / "b2.log").read_text()[-3000:]
-    assert "resumed from" in (tmp_path / "b2.log").read_text()
-    resumed = _losses(tmp_path / "b" / "out")
+    assert "step_00000003 at step 3" in (tmp_path / "b2.log").read_text()
+    assert _metric_steps(out) == [1, 2, 3, 4, 5, 6]
+    assert (out / "model" / "config.json").exists()
+    resumed = _losses(out)
     for step in (1, 2, 3, 4, 5, 6):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), (step, resumed, full)
     assert len(set(round(v, 6) for v in full.values())) > 1  # the losses differ step to step: the match is not trivial
+
+
+def test_stopping_the_launcher_stops_the_workers(curated, tmp_path):
+    """``interacthuman train --nproc 2`` stopped with SIGTERM leaves no worker behind; so does a torchrun killed
+    with SIGKILL (each worker dies with its launcher)."""
+    from model.precompute import precompute
+    from model.train import load_train_config
+
+    recipe = _train_recipe(tmp_path, curated, tmp_path / "out", steps=20, checkpoint_every=20)
+    precompute(load_train_config(recipe), log=lambda m: None)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{HOLD: "1"})
+    log = tmp_path / "cli.log"
+    cli = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", str(recipe), "--nproc", "2"], cwd=ROOT,
+                           env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for(lambda: _metric_steps(tmp_path / "out") == [1], cli, log)
+    workers = _workers(cli.pid)
+    assert len(workers) == 2, workers
+    cli.send_signal(signal.SIGTERM)
+    try:  # torchrun got the signal and stopped its workers itself: well before the command's 45 s kill deadline
+        rc = cli.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(cli.pid, signal.SIGKILL)
+        _gone(workers, timeout=0)  # leave nothing running
+        raise
+    assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    assert _gone(workers, timeout=5), "the workers outlived interacthuman train"
+    # torchrun itself killed outright: its workers go with it (init_distributed makes each worker die with its
+    # launcher; a bare script keeps this part cheap)
+    script = tmp_path / "worker.py"
+    script.write_text("import time\nfrom model.parallelize import init_distributed\ninit_distributed()\n"
+                      "print('ready', flush=True)\ntime.sleep(600)\n")
+    tlog = tmp_path / "t.log"
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=open(tlog, "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for(lambda: tlog.read_text().count("ready") == 2, p, tlog)
+    workers = [w for w in __import__("psutil").Process(p.pid).children() if "worker.py" in " ".join(w.cmdline())]
+    assert len(workers) == 2, workers
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert _gone(workers, timeout=10), "the workers outlived torchrun"
+
+
+def test_kill_sessions_kills_a_workers_whole_session():
+    """What interacthuman train does with worker sessions torchrun left behind: the worker and what it started."""
+    import psutil
+
+    from model.launch import kill_sessions
+
+    code = "import subprocess, sys, time; subprocess.Popen(['sleep', '60']); print('up', flush=True); time.sleep(60)"
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    assert worker.stdout.readline().strip() == b"up"
+    proc = psutil.Process(worker.pid)
+    family = [proc, *proc.children(recursive=True)]
+    assert len(family) == 2
+    assert kill_sessions({worker.pid: proc.create_time()}) == [worker.pid]
+    worker.wait(timeout=10)
+    assert _gone(family, timeout=10)
+    assert kill_sessions({worker.pid: proc.create_time()}) == []  # gone (or a reused pid): left alone

@@ -94,18 +94,18 @@ def test_samples_carry_lineage_and_decode(clean_run, sources):
 def test_rerun_adds_nothing_and_changed_recipe_reprocesses(clean_run, sources, tmp_path):
     recipe, _, run_dir = clean_run
     before = sorted(_keys(run_dir))
-    shards_before = sorted(p.name for p in committed_shards(run_dir))
+    shards_before = sorted(Path(p).name for p in committed_shards(run_dir))
     again = curate(recipe, log=lambda m: None)
     assert again["skipped"] == {"done": 4, "quarantined": 3}
     assert again["samples_written"] == 0
     assert sorted(_keys(run_dir)) == before
-    assert sorted(p.name for p in committed_shards(run_dir)) == shards_before
+    assert sorted(Path(p).name for p in committed_shards(run_dir)) == shards_before
     changed = load_recipe(Path(recipe.path), [f"output={run_dir}", "clips.crf=30"])
     assert changed.fingerprint() != recipe.fingerprint()
     stats = curate(changed, log=lambda m: None)
     assert stats["sources"] == {"done": 4, "quarantined": 3}
     assert sorted(_keys(run_dir)) == before  # same spans, so the same keys, each once, from the new shards
-    assert not set(p.name for p in committed_shards(run_dir)) & set(shards_before)
+    assert not set(Path(p).name for p in committed_shards(run_dir)) & set(shards_before)
 
 
 def _status_of(run_dir: Path, name: str) -> list[dict]:
@@ -267,4 +267,4 @@ def test_run_killed_between_the_commit_steps_recovers_the_clean_keys(clean_run, 
     curate(load_recipe(recipe_path), log=lambda m: None)
     keys = _keys(run_dir)
     assert len(keys) == len(set(keys)) and sorted(keys) == sorted(_keys(clean_dir))
-    assert {p.name for p in (run_dir / "shards").glob("*.tar")} == {p.name for p in committed_shards(run_dir)}
+    assert {p.name for p in (run_dir / "shards").glob("*.tar")} == {Path(p).name for p in committed_shards(run_dir)}

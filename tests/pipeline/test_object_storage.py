@@ -184,3 +184,39 @@ def test_sources_and_output_urls_from_the_command_line(s3, bucket_media, tmp_pat
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout)["sources"] == {"done": 2, "quarantined": 1}
     assert storage.exists(f"{runs}/cli/run.json")
+
+
+def test_train_and_precompute_read_their_data_from_the_bucket(s3, local_run, tmp_path):
+    """``interacthuman train`` streams a run directory's shards from the bucket; precompute writes its feature
+    shards back to the bucket, whole, and the trainer then finds and reads them there. Checkpoints stay local."""
+    from model.data import ExampleStream
+    from model.precompute import precompute
+    from model.train import find_shards, load_train_config, train
+
+    data = f"{s3.bucket('trainruns')}/run"
+    assert storage.copy_tree(str(local_run), data) > 3
+    small = ["--set", "steps=2", "--set", "checkpoint_every=2", "--set", "height=32", "--set", "width=32",
+             "--set", "ref_size=16", "--set", "batch_size=1"]
+    recipe = ROOT / "datasets/recipes/train/debug_audio.yaml"
+    out = tmp_path / "train"
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(recipe), "--set", f"data={data}",
+                        "--set", f"output={out}", *small], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2] and (out / "checkpoints").is_dir()
+
+    cfg = load_train_config(recipe, [f"data={data}", f"output={out}", *small[1::2]])
+    feats = precompute(cfg, log=lambda m: None)
+    assert feats.startswith(f"{data}/features/")
+    names = {storage.name(i.uri) for i in storage.listdir(feats)}
+    assert {"DONE", "muted.pth"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert {n for n in names if n.endswith(".tar")} == {storage.name(u) for u in committed_shards(data)}
+    shards, are_features = find_shards(data, cfg)
+    assert are_features and all(u.startswith(f"{feats}/") for u in shards)
+    ex = next(iter(ExampleStream(shards, cfg.data_config(), None)))
+    assert ex["latents"].shape[1] == 3  # 9 frames -> 3 latent frames, read from the bucket's feature shards
+
+    with pytest.raises(ValueError, match="checkpoints and the exported model are written to a local"):
+        train(load_train_config(recipe, [f"data={data}", f"output={data}/train"]))

@@ -212,7 +212,7 @@ def test_eye_interactivity_higher_with_moving_listeners_than_on_a_still_clip(pai
     assert moving > 0.2 and still < 0.1 and moving > 5 * still
     for i in r["true.mp4"]["identities"]:  # each listens while its own track is silent: the rest of the 8 s
         assert i["listening_s"] > 1.0 and abs(i["listening_s"] + i["speech_s"] - 8.0) < 0.6, i
-    assert r["still.mp4"]["metrics"]["lipsync"] < 0.1  # a frozen mouth follows no track
+    assert r["still.mp4"]["metrics"]["lipsync"] == 0.0  # a frozen mouth (only landmark jitter) follows no track
 
 
 def test_mask_iou_of_person_halves_beats_all_ones(pair, record_property):
