@@ -298,6 +298,18 @@ def test_select_a_stricter_threshold_and_select_again_from_the_selection(fw, tmp
     assert set(_samples(tmp_path / "again")) == kept and again["select"]["samples_in"] == len(sharp)
 
 
+def test_select_a_looser_threshold_keeps_the_flagged_clip_without_its_flag(fw, tmp_path):
+    stats = _select(fw, tmp_path / "loose", "stages.quality.min_sharpness=0.01", "stages.quality.max_blockiness=0")
+    after = _samples(tmp_path / "loose")
+    assert set(after) == set(_samples(fw["run"]))  # nothing the run kept is dropped now
+    assert not any("would_drop" in s for m in after.values() for s in m["scores"].values())
+    assert stats["stages"]["quality"]["dropped"] == {} and stats["select"]["shards_rewritten"] == 1  # new json
+    flagged = _select(fw, tmp_path / "flags", score_only=[])  # every stage flags, with the recipe's thresholds
+    assert {k: m["scores"]["quality"].get("would_drop") for k, m in _samples(tmp_path / "flags").items()} == {
+        k: m["scores"]["quality"].get("would_drop") for k, m in _samples(fw["run"]).items()}
+    assert flagged["select"]["shards_linked"] == len(committed_shards(fw["run"]))  # nothing changed: all links
+
+
 def test_select_cannot_bring_back_clips_the_run_dropped(fw, tmp_path):
     notes = []
     from pipeline.select import select_run
@@ -418,6 +430,32 @@ def test_no_stage_crashes_on_small_frames_and_process_agrees_with_decide(tmp_pat
     assert seen[("face48", "human")] is None  # the tiny face is found, so lipsync and masks ran their full paths
     assert seen[("face48", "masks")] in (None, "masks_unreliable")
     assert "per_identity" in item.clips[0].scores["lipsync"] or item.clips[0].scores["lipsync"]["speech_s"] > 0
+
+
+def test_gpu_seconds_held_are_counted_per_stage(tmp_path):
+    """A stage operator whose workers hold half a GPU counts half its wall seconds as GPU seconds."""
+    from pipeline.item import UNIT
+    from pipeline.media import ExtractSpec
+    from pipeline.operators import RunContext, StageGroupOp, extract_source
+    from pipeline.stats import aggregate, format_table
+
+    face, fps = _frames(sample("videoretalking_face2.mp4"), 1.2)
+    item = extract_source(str(write_video(tmp_path / "f.mp4", face, fps)), ExtractSpec(min_s=1.0))
+    item.kind = UNIT
+    for gpus in (0.5, 0.0):
+        for st in list(item.stats):
+            item.stats.pop(st)
+        op = StageGroupOp([("quality", {})], RunContext(gpus=gpus))
+        op._run_stage(op.stages[0], [item])
+        st = item.stats["quality"]
+        assert st.wall_s > 0 and st.gpu_s == pytest.approx(gpus * st.wall_s)
+    import pyarrow as pa
+
+    rec = {"kind": "unit", "path": "x", "status": "done", "stats": json.dumps({"quality": {**st.to_dict(),
+                                                                                           "gpu_s": 2.5}}),
+           "facts": None, "probe": None, "keys": ["k"]}
+    table = aggregate(pa.Table.from_pylist([rec]))
+    assert table["stages"]["quality"]["gpu_s"] == 2.5 and "gpu_s" in format_table(table)
 
 
 def test_discovery_counts_each_file_it_skips_with_the_reason(tmp_path):
