@@ -18,19 +18,27 @@ Each source is probed, decoded once, cut into shots (PySceneDetect), split into 
 bounds, and passed through the recipe's stages; clips that survive are written to shards in the run directory.
 Runs are resumable: rerun the same command after a crash or Ctrl-C and finished sources are skipped.
 
+Arguments are a recipe (.yaml), videos or folders of videos, or both: videos and folders replace the recipe's
+sources (the default recipe when none is named), and without --output the run goes to ./runs/<first source name>.
+"""
+CURATE_EXAMPLES = """\
 examples:
+  interacthuman curate my_videos/                        # the default recipe on a folder, into runs/my_videos
+  interacthuman curate talk1.mp4 talk2.mov -o runs/talks # two files
   interacthuman curate                                   # the default recipe on datasets/samples
-  interacthuman curate datasets/recipes/paper.yaml --sources /data/raw --output /data/run1
-  interacthuman curate --set clips.min_s=5 --set scene.detector=content
-  interacthuman curate --address ray://head:10001        # join a running Ray cluster
+  interacthuman curate datasets/recipes/paper.yaml /data/raw --output /data/run1
+  interacthuman curate my_videos/ --set clips.min_s=5 --set stages.quality.min_sharpness=0.1
+  interacthuman curate my_videos/ --score-only -o runs/scored   # keep every clip; then: interacthuman select
+  interacthuman curate datasets/recipes/paper.yaml --address ray://head:10001   # on a running Ray cluster
 """
 
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curate", help="curate raw videos into shards", description=CURATE_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE),
-                   help=f"recipe YAML (default: {DEFAULT_RECIPE.relative_to(PROJECT_ROOT)})")
+                       epilog=CURATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="RECIPE_OR_SOURCE",
+                   help=f"a recipe YAML (default: {DEFAULT_RECIPE.relative_to(PROJECT_ROOT)}) and/or videos, "
+                        "folders, globs or list files")
     p.add_argument("--sources", nargs="+", metavar="SRC",
                    help="directories, globs or list files of videos (replaces the recipe's sources)")
     p.add_argument("--output", "-o", metavar="DIR", help="run directory (replaces the recipe's output)")
@@ -48,16 +56,26 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
                    help="show the Ray workers' output here (it always goes to Ray's session logs)")
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines) + "\n"
+
+
 def _add_probe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="print what probing finds in video files",
                        description="Print container, codecs, duration, frame rate, rotation, aspect and audio "
-                                   "of each file as JSON (the curate run's first step).")
+                                   "of each file as JSON (the curate run's first step). Exit status 1 when a file "
+                                   "is unusable (its reason is printed).",
+                       epilog=_examples("interacthuman probe talk.mp4",
+                                        "interacthuman probe datasets/samples/videos/*/*.mp4"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
 
 
 def _add_ls(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ls", help="list the samples of a run directory",
-                       description="List the committed samples of a run directory: key, span, size, scores.")
+                       description="List the committed samples of a run directory: key, span, size, scores.",
+                       epilog=_examples("interacthuman ls runs/default", "interacthuman ls runs/default | wc -l"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
 
 
@@ -90,11 +108,94 @@ def _cat(args: argparse.Namespace) -> int:
     return 0
 
 
+SELECT_HELP = """\
+Apply new thresholds to a finished run from the scores it recorded: no video is decoded and no model runs. Writes
+OUTPUT, a new run directory the trainer reads like any other (shards whose samples all survive are hard-linked).
+
+Score once, select many times: curate with --score-only (every clip kept, with the reason each stage would drop
+it), then select as often as you like. Only decision thresholds may change (e.g. stages.quality.min_sharpness,
+stages.human.max_people; docs/STAGES.md lists them); a field that changes how a score is computed, or a threshold
+whose score the run never recorded, is refused with the field named. From a run that was not --score-only,
+thresholds can be tightened; clips it dropped cannot come back (counted as media_not_kept).
+"""
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="new thresholds on a finished run, from its recorded scores (no model run)",
+                       description=SELECT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_examples(
+                           "interacthuman curate my_videos/ --score-only -o runs/scored",
+                           "interacthuman select runs/scored --set stages.quality.min_sharpness=0.12 -o runs/sharp",
+                           "interacthuman select runs/scored --set stages.human.max_people=1 "
+                           "--set stages.motion.min_motion=0.01 -o runs/solo",
+                           "interacthuman select runs/scored -o runs/filtered      # the recipe's own thresholds",
+                           "interacthuman select runs/scored --score-only -o runs/flags   # re-flag, drop nothing"))
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="stages.STAGE.FIELD=VALUE",
+                   help="a stage's decision threshold (repeatable)")
+    p.add_argument("--output", "-o", required=True, metavar="OUTPUT", help="the new run directory (must not exist)")
+    p.add_argument("--score-only", nargs="*", metavar="STAGE",
+                   help="flag but do not drop (all stages, or the ones named)")
+    p.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
+
+
+def _select(args: argparse.Namespace) -> int:
+    from pipeline.recipe import RecipeError
+    from pipeline.select import SelectError, format_summary, select_run
+    from pipeline.stats import format_table
+    from stages.base import StageError
+
+    try:
+        stats = select_run(args.run_dir, args.output, args.overrides, args.score_only,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (SelectError, RecipeError, StageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(format_table(stats))
+        print(format_summary(stats))
+        print(f"run directory: {Path(args.output).resolve()}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write one HTML page of what a run did",
+                       description="Write RUN/report/index.html: the funnel of clips through the stages with the "
+                                   "drop reasons (a chart), CPU and GPU seconds per stage and per second of video, "
+                                   "the quarantine list with reasons, contact sheets of the first samples, the "
+                                   "recipe and the package versions. Open it in any browser.",
+                       epilog=_examples("interacthuman report runs/default",
+                                        "interacthuman report runs/sharp --out /tmp/sharp-report --gallery 20"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN/report; ./reports/NAME for a run in a bucket)")
+    p.add_argument("--gallery", type=int, default=8, metavar="N", help="contact sheets of the first N samples")
+    p.add_argument("--max-rows", type=int, default=500, metavar="N", help="at most N rows of the quarantine list")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.report import run_report
+
+    try:
+        index = run_report(args.run_dir, args.out, gallery=args.gallery, max_rows=args.max_rows,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {index}")
+    return 0
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="write contact sheets and an HTML index of a run's samples",
                        description="For each committed sample of RUN_DIR write a contact-sheet PNG (frames with each "
                                    "identity's mask in its own colour, and a timeline of who speaks when) and an "
-                                   "index.html linking them.")
+                                   "index.html linking them.",
+                       epilog=_examples("interacthuman inspect runs/default --limit 20",
+                                        "interacthuman inspect runs/default --out /tmp/sheets"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/inspect)")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N samples (0: all)")
@@ -102,9 +203,6 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 WEIGHTS_HELP = """\
 List or check the local weights directories of the stages' production backends (nothing is downloaded).
-
-  interacthuman weights                                   # per stage and backend: the layout and its checkpoint
-  interacthuman weights check --weights quality=/w/one-align --weights masks=/w/gsam2
 
 check runs each stage's pre-run check on DIR, then compares every tensor name and shape stored in the checkpoint
 files (headers only; nothing is loaded) with the model the backend builds from DIR's config: nothing may be
@@ -114,7 +212,10 @@ missing, unexpected or of another shape. Exit status 1 when any directory fails.
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="list or check the production backends' weights directories",
-                       description=WEIGHTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=WEIGHTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_examples(
+                           "interacthuman weights                 # per stage and backend: the layout, its checkpoint",
+                           "interacthuman weights check --weights quality=/w/one-align --weights masks=/w/gsam2"))
     p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
     p.add_argument("--weights", action="append", default=[], metavar="STAGE=DIR",
                    help="check: a stage's weights directory (repeatable)")
@@ -180,8 +281,10 @@ Train the InterActHuman model on curated shards (see model/train.py for the reci
 A training recipe names the data (a curation run directory), the stage (audio: single-person pre-training with
 global audio; multi: mask-gated audio and the mask loss), the model config and weights, and the optimisation.
 Rerunning the same command resumes from the latest checkpoint in the recipe's output directory. With --nproc > 1,
-Ctrl-C or SIGTERM stops every worker (forwarded to torchrun; a second signal kills them at once).
-
+Ctrl-C or SIGTERM stops every worker (forwarded to torchrun; a second signal kills them at once). The data may be a
+run directory in a bucket (s3://...): shards are streamed; checkpoints stay on a local or shared path.
+"""
+TRAIN_EXAMPLES = """\
 examples:
   interacthuman train datasets/recipes/train/debug_audio.yaml              # tiny model, CPU, one process
   interacthuman train datasets/recipes/train/debug_audio.yaml --nproc 2    # two processes, FSDP over gloo
@@ -191,7 +294,7 @@ examples:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the model on curated shards", description=TRAIN_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="training recipe YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set steps=100 (repeatable)")
@@ -203,7 +306,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_precompute(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("precompute", help="encode shards into training features on Ray",
                        description="Run the frozen encoders (VAE, UMT5, wav2vec2) over a curation run's shards "
-                                   "and write feature shards that training reads instead of running encoders.")
+                                   "and write feature shards that training reads instead of running encoders.",
+                       epilog=_examples("interacthuman precompute datasets/recipes/train/debug_audio.yaml",
+                                        "interacthuman precompute datasets/recipes/train/stage1_audio.yaml "
+                                        "--address ray://head:10001"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="training recipe YAML (its data, resolution and weights fields are used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
@@ -223,7 +330,8 @@ Weights (local directories only):
   --model tiny         a random tiny model (seeded): runs on a CPU without training; the video is noise
   --wan-dir, --audio-dir   Wan2.1 diffusers snapshot and wav2vec2 snapshot (default: the training config's); a tiny
                        model without them uses the tiny random encoders it was trained with
-
+"""
+SAMPLE_EXAMPLES = """\
 examples:
   interacthuman sample --model tiny --prompt "two people talk" \\
       --ref datasets/samples/images/face_recognition_obama.jpg \\
@@ -236,7 +344,8 @@ examples:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate a video from a prompt and (image, audio) pairs",
-                       description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=SAMPLE_HELP, epilog=SAMPLE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--prompt", metavar="TEXT", help="the scene caption (with --ref/--audio)")
     g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="reference image of a person (repeat)")
@@ -281,7 +390,8 @@ RUN_HELP = """\
 From raw videos to a trained model and a sampled clip: curate, precompute features, train each stage (the second
 starts from the first), then sample. A run recipe names the curation recipe, the training recipes and what to sample
 (see pipeline/end_to_end.py). Every step resumes where it stopped when the command is run again.
-
+"""
+RUN_EXAMPLES = """\
 examples:
   interacthuman run                                     # the debug run on datasets/samples, tiny model, CPU
   interacthuman run datasets/recipes/run/debug.yaml --set nproc=2
@@ -290,7 +400,7 @@ examples:
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="raw videos -> shards -> trained model -> sampled clip", description=RUN_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", default=str(PROJECT_ROOT / "datasets" / "recipes" / "run" / "debug.yaml"),
                    help="run recipe YAML (default: datasets/recipes/run/debug.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -311,7 +421,8 @@ Embedded metrics (lipsync, binding_accuracy, hkc, hkv, interactivity, mask_iou) 
 local weights: --weights METRIC=DIR (sync_c, clip_i, dino_i, face_sim, clip_t, iqa, fvd; boxes for the subject
 detector). Exit status: 0 when every video was scored, 1 when some could not be read (named in the output), 2 when the
 evaluation could not start.
-
+"""
+EVALUATE_EXAMPLES = """\
 examples:
   interacthuman evaluate runs/samples --output runs/eval
   interacthuman evaluate runs/samples --output runs/eval --weights sync_c=/weights/syncnet \\
@@ -322,7 +433,8 @@ examples:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score generated videos (lip sync, binding, hands, eyes, FVD, ...)",
-                       description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=EVALUATE_HELP, epilog=EVALUATE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="folder of generated videos with their requests, or a curation run")
     p.add_argument("--output", "-o", required=True, metavar="OUT", help="output folder")
     p.add_argument("--real", metavar="DIR", help="folder of real clips (FVD)")
@@ -367,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_sample(sub)
     _add_evaluate(sub)
     _add_weights(sub)
+    _add_select(sub)
+    _add_report(sub)
     args = parser.parse_args(argv)
     if args.command == "curate":
         return _curate(args)
@@ -386,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         return _weights(args)
     if args.command == "cat":
         return _cat(args)
+    if args.command == "select":
+        return _select(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "inspect":
         from pipeline.inspect import inspect_run
 
@@ -396,16 +514,44 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def curate_inputs(inputs: list[str], sources: list[str] | None,
+                  output: str | None) -> tuple[str, list[str], str | None]:
+    """What ``curate``'s positional arguments mean: (recipe path, sources, output). A ``.yaml``/``.yml`` argument is
+    the recipe (at most one; the default recipe otherwise); every other one is a source (a video, a folder, a glob
+    or a list file), added to ``--sources``. With sources on the command line and no ``--output`` the run goes to
+    ``./runs/<name of the first source>``."""
+    recipes = [a for a in inputs if a.lower().endswith((".yaml", ".yml"))]
+    if len(recipes) > 1:
+        raise ValueError(f"one recipe at a time, got {', '.join(recipes)}")
+    srcs = [a for a in inputs if a not in recipes] + list(sources or [])
+    for a in srcs:
+        if "://" not in a and not any(c in a for c in "*?[") and not Path(a).expanduser().exists():
+            raise ValueError(f"{a}: no such file or folder (sources are videos, folders of videos, globs or list "
+                             "files; a recipe ends in .yaml)")
+    if srcs and output is None:
+        url = "://" in srcs[0]
+        first = Path(srcs[0].rstrip("/").rsplit("://", 1)[-1]).expanduser()
+        is_file = first.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".txt") if url else first.is_file()
+        name = (first.stem if is_file else first.name) or "run"
+        output = str(Path("runs") / "".join(c if c.isalnum() or c in "-_." else "_" for c in name))
+    return (recipes[0] if recipes else str(DEFAULT_RECIPE)), srcs, output
+
+
 def _curate(args: argparse.Namespace) -> int:
     from pipeline.recipe import RecipeError, load_recipe
     from pipeline.sources import SourceError
     from stages.base import StageError
 
+    try:
+        recipe_path, sources, output = curate_inputs(args.inputs, args.sources, args.output)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
-    if args.sources:
-        overrides.append("sources=" + json.dumps([_cli_location(s) for s in args.sources]))
-    if args.output:
-        overrides.append(f"output={json.dumps(_cli_location(args.output))}")
+    if sources:
+        overrides.append("sources=" + json.dumps([_cli_location(s) for s in sources]))
+    if output:
+        overrides.append(f"output={json.dumps(_cli_location(output))}")
     if args.address:
         overrides.append(f"run.address={json.dumps(args.address)}")
     if args.max_attempts is not None:
@@ -419,7 +565,7 @@ def _curate(args: argparse.Namespace) -> int:
             return 2
         overrides.append(f"stages.{stage}.weights={json.dumps(str(Path(d).resolve()))}")
     try:
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = load_recipe(recipe_path, overrides)
         if args.score_only is not None:
             names = args.score_only or list(recipe.stages)
             for n in names:

@@ -48,6 +48,7 @@ class StageStat:
     failures: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    gpu_s: float = 0.0  # GPU seconds held: wall seconds on a worker holding GPUs, times the GPUs it holds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class StageStat:
             "failures": self.failures,
             "cpu_s": round(self.cpu_s, 4),
             "wall_s": round(self.wall_s, 4),
+            "gpu_s": round(self.gpu_s, 4),
         }
 
 
@@ -204,10 +206,12 @@ class SourceItem:
 
 
 class StageTimer:
-    """Adds CPU and wall seconds of a block to a :class:`StageStat` (``time.process_time`` covers all threads)."""
+    """Adds CPU and wall seconds of a block to a :class:`StageStat` (``time.process_time`` covers all threads), and
+    GPU seconds held when the worker holds ``gpus`` GPUs."""
 
-    def __init__(self, stat: StageStat):
+    def __init__(self, stat: StageStat, gpus: float = 0.0):
         self.stat = stat
+        self.gpus = gpus
 
     def __enter__(self) -> StageTimer:
         self._cpu = time.process_time()
@@ -215,8 +219,10 @@ class StageTimer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self._wall
         self.stat.cpu_s += time.process_time() - self._cpu
-        self.stat.wall_s += time.perf_counter() - self._wall
+        self.stat.wall_s += wall
+        self.stat.gpu_s += wall * self.gpus
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -166,6 +166,9 @@ def probe(path: str) -> dict[str, Any]:
                 pts.append(((pkt.pts if pkt.pts is not None else pkt.dts)) * tb)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: unreadable video data after {len(pts)} packets ({_short(e)})") from None
+        expected = v.frames or 0
+        if expected and len(pts) < 0.9 * expected:  # before the count: a header without its data is truncated
+            raise MediaError(f"{path}: truncated: the index lists {expected} video frames, the file holds {len(pts)}")
         if len(pts) < 2:
             raise MediaError(f"{path}: fewer than 2 video frames ({len(pts)})")
         pts_arr = np.sort(np.asarray(pts))
@@ -176,9 +179,6 @@ def probe(path: str) -> dict[str, Any]:
         median_dt = float(np.median(deltas)) if len(deltas) else 1.0 / nominal_fps
         vfr = bool(len(deltas) and (np.abs(deltas - median_dt) > 0.02 * median_dt + 1e-4).mean() > 0.01)
         duration = float(pts_arr[-1] - pts_arr[0] + median_dt)
-        expected = v.frames or 0
-        if expected and len(pts) < 0.9 * expected:
-            raise MediaError(f"{path}: truncated: the index lists {expected} video frames, the file holds {len(pts)}")
         try:
             rotation, first_time = _first_frame(container, v)
         except av.FFmpegError as e:

@@ -61,6 +61,7 @@ class RunContext:
     max_attempts: int = 3
     unit_timeout_s: float = 0.0
     threads: int = 1  # codec and BLAS threads of this operator's workers
+    gpus: float = 0.0  # GPUs each of this operator's workers holds (its stages' GPU seconds are counted from it)
 
     def log(self):
         return attempt_log(self.run_id, self.unit_timeout_s)
@@ -93,6 +94,19 @@ def _reason_tag(reason: str) -> str:
         if r.startswith(tag):
             return tag.replace(" ", "_")
     return "unreadable"
+
+
+def frame_size_problem(info: dict[str, Any], min_side: int, max_side: int) -> tuple[str, str] | None:
+    """(counter tag, reason) when the probed display size is outside the recipe's bounds (0: no bound)."""
+    v = info.get("video") or {}
+    w, h = int(v.get("display_width") or 0), int(v.get("display_height") or 0)
+    if min_side and min(w, h) < min_side:
+        return "frame_too_small", (f"frame size {w}x{h}: the short side is below clips.min_source_side ({min_side}); "
+                                   "no stage can see a face in it")
+    if max_side and max(w, h) > max_side:
+        return "frame_too_large", (f"frame size {w}x{h}: the long side is above clips.max_source_side ({max_side}); "
+                                   "raise it to decode such frames")
+    return None
 
 
 def task_rows(tasks: list[Any]) -> list[dict[str, Any]]:
@@ -139,12 +153,16 @@ def hash_and_probe(path: str) -> tuple[str, int, dict[str, Any]]:
 class ProbeOp:
     """sha256 and stream facts of each source, then one ``window`` item per window still to do.
 
-    An unusable file becomes a ``summary`` that quarantines it with the reason; an I/O error one that fails it."""
+    An unusable file becomes a ``summary`` that quarantines it with the reason; an I/O error one that fails it. So
+    does a display frame size outside ``frame_limits`` (``clips.min_source_side``, ``clips.max_source_side``; 0: no
+    bound): frames too small to hold a face, or so large that decoding them would exhaust a worker."""
 
-    def __init__(self, ctx: RunContext, window_s: float = 0.0, complete_ids: Any = None):
+    def __init__(self, ctx: RunContext, window_s: float = 0.0, complete_ids: Any = None,
+                 frame_limits: tuple[int, int] = (0, 0)):
         self.ctx = ctx
         self.window_s = window_s
         self._complete_ids = complete_ids  # content id -> (status, path), or an ObjectRef of that dict
+        self.frame_limits = frame_limits
 
     def complete_ids(self) -> dict[str, tuple[str, str]]:
         if self._complete_ids is not None and not isinstance(self._complete_ids, dict):
@@ -171,6 +189,12 @@ class ProbeOp:
                 item.sha256, item.size, item.probe = hash_and_probe(item.path)
                 if item.content_id is None:
                     item.content_id = content_id_of(item.path, item.size)
+                bad = frame_size_problem(item.probe, *self.frame_limits)
+                if bad is not None:
+                    tag, reason = bad
+                    stat.dropped[tag] = stat.dropped.get(tag, 0) + 1
+                    item.fail(reason, quarantine=True)
+                    return [item]
                 stat.items_out += 1
             except MediaError as e:
                 reason = str(e).split(": ", 1)[-1]
@@ -272,7 +296,7 @@ class ExtractOp:
             try:
                 gen = iter_extract(task.path, task.probe, self.spec, span=task.window_span, threads=self.ctx.threads)
                 while True:
-                    with StageTimer(extract):
+                    with StageTimer(extract, self.ctx.gpus):
                         ec = next(gen, None)
                     if ec is None:
                         break
@@ -408,7 +432,7 @@ class StageGroupOp:
         for clip in item.alive:
             stat.items_in += 1
             try:
-                with StageTimer(stat):
+                with StageTimer(stat, self.ctx.gpus):
                     reason = stage.process(clip, item)
             except Exception as e:  # noqa: BLE001 - recorded, retried, counted; re-raised with run.reraise
                 stat.failures += 1
@@ -454,6 +478,7 @@ def stage_batch(op: StageGroupOp, stage: Any, units: list[SourceItem]) -> None:
         stat = u.stat(stage.name)
         stat.cpu_s += share_cpu
         stat.wall_s += share_wall
+        stat.gpu_s += share_wall * op.ctx.gpus
         op._settle(stage, u, clip, reason, stat)
 
 

@@ -85,8 +85,15 @@ class ClipConfig:
     apply_rotation: bool = True  # honour the container's display matrix, as players do
     window_s: float = 600.0  # a longer source is decoded in windows of this many seconds (0: never), each its own
     #                          unit of work; a shot that crosses a window boundary is cut there
+    min_source_side: int = 64  # a source whose display short side is smaller is quarantined at probe time (0: off)
+    max_source_side: int = 8192  # a source whose display long side is larger is quarantined at probe time (0: off)
 
     def validate(self, where: str) -> None:
+        _range(self.min_source_side, 0, 100_000, f"{where}.min_source_side")
+        _range(self.max_source_side, 0, 1_000_000, f"{where}.max_source_side")
+        if self.max_source_side and self.max_source_side < self.min_source_side:
+            raise RecipeError(f"{where}.max_source_side: must be 0 or >= min_source_side ({self.min_source_side}), "
+                              f"got {self.max_source_side}")
         _positive(self.window_s, f"{where}.window_s", allow_zero=True)
         if 0 < self.window_s < 2 * self.max_s:
             raise RecipeError(f"{where}.window_s: must be 0 or >= 2 * max_s ({2 * self.max_s}), got {self.window_s}")

@@ -32,7 +32,7 @@ from pipeline import storage
 from pipeline.manifest import RESUME_COLUMNS, RunLock, compact, new_run_id, plan, read_manifest, recover, write_chunk
 from pipeline.recipe import Recipe, Resources
 from pipeline.scenecut import extract_gpus
-from pipeline.sources import discover
+from pipeline.sources import discover_report
 from pipeline.stats import aggregate, format_table
 
 VERSION_PACKAGES = ("interacthuman", "av", "scenedetect", "ray", "numpy", "opencv-python", "torch", "transformers",
@@ -200,7 +200,11 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
                 f"{removed['orphan_shards']} uncommitted shards")
         fingerprint = recipe.fingerprint()
         run_id = new_run_id()
-        paths = discover(recipe.sources)
+        found = discover_report(recipe.sources)
+        paths = found.paths
+        if found.skipped:
+            log("discovery skipped " + ", ".join(f"{n} files: {r}" for r, n in sorted(found.skipped.items()))
+                + " (counted in stats.json under discovery)")
         the_plan = plan(paths, table, fingerprint, recipe.run.max_attempts)
         del table
         if the_plan.quarantine_now:
@@ -224,9 +228,15 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
 
             ray = init_ray(recipe.run.address, log, worker_logs, user_stage_modules(recipe.stages))
             ledger = start_ledger(run_id)
+            progress = None
+            if not sys.stderr.isatty() and recipe.run.progress_interval_s > 0:
+                progress = Progress(run_dir, run_id, len(the_plan.todo), recipe.run.progress_interval_s, log)
+                progress.start()
             try:
                 _execute(ray, recipe, the_plan, stages, run_dir, run_id, fingerprint, log)
             finally:
+                if progress is not None:
+                    progress.stop()
                 _settle(ray, ledger, run_dir, run_id, fingerprint, recipe.run.max_attempts, log)
         wall = time.time() - t0
 
@@ -234,7 +244,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
         stats = aggregate(read_manifest(run_dir, run_id=run_id),
                           [s.name if op.kind == "stages" else "encode" for op in ops for s in (op.stages or [None])])
         stats.update({"run_id": run_id, "fingerprint": fingerprint, "wall_s": round(wall, 2),
-                      "skipped": the_plan.skipped, "recovered": removed})
+                      "skipped": the_plan.skipped, "recovered": removed, "discovery": found.to_dict()})
         storage.write_text(storage.join(run_dir, "stats", f"{run_id}.json"), json.dumps(stats, indent=2))
         storage.write_text(storage.join(run_dir, "stats.json"), json.dumps(stats, indent=2))
         merged = compact(run_dir, min_chunks=recipe.shards.compact_after)
@@ -272,6 +282,11 @@ def _execute(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], run_dir
     # One row per block: a block is what a task retries or drops, so a unit that kills its worker takes no other unit
     # (nor a window's summary) down with it. Rows are coarse (a few clips), so blocks stay few.
     ctx.target_max_block_size = 1
+    quiet = _QuietRayData() if not sys.stderr.isatty() else None
+    consoles = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for h in consoles if quiet else []:
+        h.addFilter(quiet)
     try:
         import warnings
 
@@ -282,6 +297,69 @@ def _execute(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], run_dir
         for k, v in saved.items():
             setattr(ctx, k, v)
         ctx.execution_options.preserve_order = saved_order
+        for h in consoles if quiet else []:
+            h.removeFilter(quiet)
+
+
+class _QuietRayData(logging.Filter):
+    """On a console that is not a terminal: Ray Data's per-dataset INFO lines (execution plan, start, finish, rows
+    written) and its note that progress bars are off stay in its session log (``logs/ray-data``), not on stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and "Progress bars disabled" not in record.getMessage()
+
+
+class Progress:
+    """When stderr is not a terminal (a log file, CI), one line every ``interval`` seconds in place of Ray's
+    progress bars: what this run has committed so far. A driver-side thread that reads only the manifest chunks this
+    run wrote since its last look (a few small Parquet files), so it costs nothing at any scale."""
+
+    def __init__(self, run_dir: str, run_id: str, sources: int, interval: float, log: Callable[[str], None]):
+        import threading
+
+        self.run_dir, self.run_id, self.sources, self.interval, self.log = run_dir, run_id, sources, interval, log
+        self.seen: set[str] = set()
+        self.units: dict[str, int] = {}
+        self.summarised: set[str] = set()
+        self.samples = 0
+        self.t0 = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="curate-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.log(self.line())
+            except Exception as e:  # noqa: BLE001 - a progress line must never stop the run
+                self.log(f"progress: (could not read the manifest: {e})")
+
+    def line(self) -> str:
+        from pipeline.manifest import _manifest_files, _read_files
+
+        _, chunks = _manifest_files(self.run_dir, self.run_id)  # a local directory or a bucket prefix
+        for f in chunks:
+            if f in self.seen:
+                continue
+            self.seen.add(f)
+            t = _read_files([f], ["kind", "path", "status", "keys"]).to_pydict()
+            for kind, path, status, keys in zip(t["kind"], t["path"], t["status"], t["keys"]):
+                if kind == "unit":
+                    self.units[status] = self.units.get(status, 0) + 1
+                    self.samples += len(keys or [])
+                else:
+                    self.summarised.add(path)
+        el = time.time() - self.t0
+        units = ", ".join(f"{s} {n}" for s, n in sorted(self.units.items())) or "none yet"
+        n = sum(self.units.values())
+        return (f"progress {el:.0f} s: sources read {len(self.summarised)}/{self.sources}; units committed: {units}; "
+                f"samples written: {self.samples}" + (f" ({n / el:.2f} units/s)" if el > 0 and n else ""))
 
 
 def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], run_dir: str, run_id: str,
@@ -299,7 +377,8 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
     def run_ctx(res: Resources, clip_units: bool = True) -> RunContext:
         timeout = res.timeout_s if res.timeout_s is not None else (recipe.run.unit_timeout_s if clip_units else 0.0)
         return RunContext(run_dir=run_dir, run_id=run_id, fingerprint=fingerprint, reraise=recipe.run.reraise,
-                          max_attempts=recipe.run.max_attempts, unit_timeout_s=timeout, threads=_threads(res))
+                          max_attempts=recipe.run.max_attempts, unit_timeout_s=timeout, threads=_threads(res),
+                          gpus=res.gpus or 0.0)
 
     env = {"env_vars": {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2",
                         **storage.forwarded_env(with_secrets=not recipe.run.address)}}
@@ -319,7 +398,9 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
     complete_ids = ray.put(the_plan.complete_ids) if the_plan.complete_ids else None
     ds = ds.map_batches(_probe_rows, batch_size=1, fn_kwargs={"ctx": run_ctx(probe_res, clip_units=False),
                                                               "window_s": recipe.clips.window_s,
-                                                              "complete_ids": complete_ids},
+                                                              "complete_ids": complete_ids,
+                                                              "frame_limits": (recipe.clips.min_source_side,
+                                                                               recipe.clips.max_source_side)},
                         runtime_env=env, **_remote_args(probe_res, retries, actor=False))
     ds = ds.map_batches(ExtractOp, batch_size=1, compute=_pool(ex_res),
                         fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(ex_res, clip_units=False),
@@ -367,10 +448,11 @@ def _thread_env(res: Resources) -> dict[str, str]:
     return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
-def _probe_rows(batch: dict[str, Any], ctx: Any, window_s: float, complete_ids: Any = None) -> dict[str, Any]:
+def _probe_rows(batch: dict[str, Any], ctx: Any, window_s: float, complete_ids: Any = None,
+                frame_limits: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     from pipeline.operators import ProbeOp
 
-    return ProbeOp(ctx, window_s, complete_ids)(batch)
+    return ProbeOp(ctx, window_s, complete_ids, frame_limits)(batch)
 
 
 def print_stats(stats: dict[str, Any], run_dir: str, log: Callable[[str], None] = print) -> None:

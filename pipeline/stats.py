@@ -36,9 +36,9 @@ def aggregate(records: pa.Table, order: list[str] | None = None) -> dict[str, An
                 video_s += float(facts["video_s"])
         for name, st in (json.loads(stats_json) if stats_json else {}).items():
             agg = stages.setdefault(name, {"unit": st["unit"], "in": 0, "out": 0, "dropped": {}, "flagged": {},
-                                           "failures": 0, "cpu_s": 0.0, "wall_s": 0.0})
-            for k in ("in", "out", "failures", "cpu_s", "wall_s"):
-                agg[k] += st[k]
+                                           "failures": 0, "cpu_s": 0.0, "wall_s": 0.0, "gpu_s": 0.0})
+            for k in ("in", "out", "failures", "cpu_s", "wall_s", "gpu_s"):
+                agg[k] += st.get(k, 0)  # records written before gpu_s existed have none
             for k in ("dropped", "flagged"):
                 for reason, n in st[k].items():
                     agg[k][reason] = agg[k].get(reason, 0) + n
@@ -49,6 +49,7 @@ def aggregate(records: pa.Table, order: list[str] | None = None) -> dict[str, An
     hint = list(STAGE_ORDER_HINT) + list(order or [])
     order = [s for s in hint if s in stages] + [s for s in stages if s not in hint]
     total_cpu = sum(s["cpu_s"] for s in stages.values())
+    total_gpu = sum(s["gpu_s"] for s in stages.values())
     return {
         "sources": sources,
         "units": units,
@@ -56,13 +57,17 @@ def aggregate(records: pa.Table, order: list[str] | None = None) -> dict[str, An
         "video_seconds": round(video_s, 3),
         "cpu_s": round(total_cpu, 3),
         "cpu_s_per_video_s": round(total_cpu / video_s, 4) if video_s else None,
-        "stages": {k: {**stages[k], "cpu_s": round(stages[k]["cpu_s"], 3), "wall_s": round(stages[k]["wall_s"], 3)}
+        "gpu_s": round(total_gpu, 3),
+        "stages": {k: {**stages[k], "cpu_s": round(stages[k]["cpu_s"], 3), "wall_s": round(stages[k]["wall_s"], 3),
+                       "gpu_s": round(stages[k]["gpu_s"], 3)}
                    for k in order},
     }
 
 
 def format_table(stats: dict[str, Any]) -> str:
-    rows = [("stage", "unit", "in", "out", "dropped (reason=count)", "fail", "cpu_s", "cpu_s/video_s")]
+    gpu = any(st.get("gpu_s") for st in stats["stages"].values())
+    rows = [("stage", "unit", "in", "out", "dropped (reason=count)", "fail", "cpu_s", "cpu_s/video_s")
+            + (("gpu_s",) if gpu else ())]
     vs = stats.get("video_seconds") or 0.0
     for name, st in stats["stages"].items():
         dropped = ", ".join(f"{r}={n}" for r, n in sorted(st["dropped"].items()))
@@ -70,7 +75,8 @@ def format_table(stats: dict[str, Any]) -> str:
             dropped += (", " if dropped else "") + "flagged: " + ", ".join(
                 f"{r}={n}" for r, n in sorted(st["flagged"].items()))
         rows.append((name, st["unit"], str(st["in"]), str(st["out"]), dropped or "-", str(st["failures"]),
-                     f"{st['cpu_s']:.2f}", f"{st['cpu_s'] / vs:.3f}" if vs else "-"))
+                     f"{st['cpu_s']:.2f}", f"{st['cpu_s'] / vs:.3f}" if vs else "-")
+                    + ((f"{st.get('gpu_s', 0.0):.2f}",) if gpu else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]

@@ -6,6 +6,12 @@ scores in ``clip.meta``), writes its scores to ``clip.scores[<stage name>]`` and
 With ``score_only: true`` the reason is recorded as a flag and the clip is kept. Extra shard members (``masks.npz``,
 ``ref_0.png``) go into ``clip.members``.
 
+Scoring and deciding are apart: ``decide(scores)`` turns the scores ``process`` recorded into the drop reason with
+the config's thresholds alone (no model, no frames), and ``process`` ends with ``return self.decide(scores)``, so the
+two never disagree. ``thresholds`` names the config fields ``decide`` compares with recorded scores, and the scores
+each one reads: ``interacthuman select`` changes exactly those on a finished run, from the scores in its shards
+(:mod:`pipeline.select`). Every other field changes how scores are computed and needs a new curate run.
+
 Stages are built on the driver from the recipe (cheap: config only, pickled to Ray workers) and ``setup()`` runs
 once per Ray worker, where models are loaded. A stage declares what its workers need (``num_cpus``, ``num_gpus`` for
 its GPU backends, ``memory_gb``, ``batch_size``), whether it reads the clip's own frames (``reads_clip_frames``: the
@@ -32,6 +38,15 @@ class StageError(RuntimeError):
 
 class WeightsError(StageError):
     """A production backend's weights directory is missing or incomplete."""
+
+
+class MissingScore(StageError):
+    """``decide`` needs a score that was not recorded for this clip (see :meth:`Stage.need`)."""
+
+    def __init__(self, stage: str, key: str, recorded: list[str]):
+        self.stage, self.key, self.recorded = stage, key, recorded
+        super().__init__(f"stage '{stage}': the score scores.{stage}.{key} was not recorded "
+                         f"(recorded: {', '.join(recorded) or 'none'})")
 
 
 @dataclass
@@ -68,6 +83,10 @@ class Stage:
     # Production backends' local weights: backend -> (files expected in the directory (globs; "a|b" means either),
     # what to put there).
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {}
+    # Config fields that only decide (decide() compares them with recorded scores), each with the score keys under
+    # clip.scores[name] it compares with: `interacthuman select` may change these without recomputing anything, and
+    # refuses a change when the run recorded none of them (another backend's scores, say).
+    thresholds: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, config: StageConfig):
         self.config = config
@@ -90,6 +109,19 @@ class Stage:
     def process(self, clip: Clip, item: SourceItem) -> str | None:
         """Score ``clip`` (write ``clip.scores[self.name]``); return a drop reason or ``None`` to keep it."""
         raise NotImplementedError
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        """The drop reason (or ``None``) from this stage's recorded scores (``clip.scores[self.name]``) and the
+        config's thresholds alone: no model, no frames. ``process`` ends with it. Read scores with :meth:`need`, so a
+        score that was never recorded fails naming it. A stage without it still runs; ``select`` then keeps its
+        recorded decisions and cannot change its thresholds."""
+        raise NotImplementedError(f"stage '{self.name}' has no decide()")
+
+    def need(self, scores: dict[str, Any], key: str) -> Any:
+        """``scores[key]``, or :class:`MissingScore` naming the stage and the key."""
+        if key not in scores:
+            raise MissingScore(self.name, key, sorted(k for k in scores if k != "would_drop"))
+        return scores[key]
 
     def process_batch(self, pairs: list[tuple[Clip, SourceItem]]) -> list[str | None]:
         """:meth:`process` over several clips: a drop reason or ``None`` per clip. Called when ``batch_size`` > 1

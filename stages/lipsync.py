@@ -250,6 +250,7 @@ class LipSyncStage(Stage):
                 "syncnet": {"torch": "torch", "silero_vad": "silero-vad"}}
     gpu_backends = ("syncnet",)
     reads_clip_frames = True  # mouth motion is measured on the clip frames
+    thresholds = {"no_speech": ("synced_fraction",), "min_synced_fraction": ("synced_fraction",)}
     weights_layout = {"syncnet": (
         ["syncnet_v2.model"],
         "SyncNet weights are the syncnet_v2.model file of the syncnet_python release "
@@ -290,11 +291,11 @@ class LipSyncStage(Stage):
         if speech_s < cfg.min_speech_s:
             clip.meta["listening"] = True
             scores.update({"routed_s": 0.0, "synced_fraction": None})
-            return "no_speech" if cfg.no_speech == "drop" else None
+            return self.decide(scores)
         clip.meta["listening"] = False
         if not ids:
             scores.update({"routed_s": 0.0, "synced_fraction": 0.0})
-            return "lips_not_synced"
+            return self.decide(scores)
         if cfg.backend == "syncnet":
             times, step_s, activity, per_id = self._syncnet(clip, ids)
             floor, synced_floor = cfg.min_sync_conf, cfg.min_sync_conf
@@ -312,7 +313,13 @@ class LipSyncStage(Stage):
         synced = route(synced_floor) if synced_floor != floor else speaking
         frac = total(intersect(voice, [x for s in synced for x in s])) / speech_s
         scores.update({"routed_s": round(routed, 3), "synced_fraction": round(frac, 3), "per_identity": per_id})
-        if frac < cfg.min_synced_fraction:
+        return self.decide(scores)
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        synced = self.need(scores, "synced_fraction")
+        if synced is None:  # less speech than min_speech_s: a listening clip
+            return "no_speech" if self.config.no_speech == "drop" else None
+        if not self.need(scores, "identities") or synced < self.config.min_synced_fraction:
             return "lips_not_synced"
         return None
 

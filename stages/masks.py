@@ -383,6 +383,7 @@ class MaskStage(Stage):
     gpu_backends = ("grounded_sam2",)
     reads_clip_frames = True  # masks are computed on clip frames
     after = ("lipsync", "caption")  # identities, and the phrases that prompt Grounding-DINO
+    thresholds = {"min_identities": ("identities",), "min_valid_fraction": ("valid_fraction",)}
     weights_layout = {"grounded_sam2": (
         ["grounding_dino/config.json", "sam2/config.json"],
         "Put a Grounding-DINO snapshot (e.g. IDEA-Research/grounding-dino-base) in DIR/grounding_dino and a "
@@ -415,8 +416,8 @@ class MaskStage(Stage):
                               "stride": cfg.stride, "time_of_frame": "k / fps seconds (the analysis frames)"}
         scores_out: dict[str, Any] = {"backend": cfg.backend, "identities": len(ids)}
         clip.scores[self.name] = scores_out
-        if len(ids) < cfg.min_identities:
-            return "no_identity"
+        if len(ids) < cfg.min_identities or not ids:
+            return self.decide(scores_out)
         n = len(ids)
         boxes, known = [], []
         for ident in ids:
@@ -458,7 +459,15 @@ class MaskStage(Stage):
             ident["mask_valid"] = round(float(valid[i].mean()), 3)
         scores_out["valid_fraction"] = [round(float(v), 3) for v in valid.mean(axis=1)]
         scores_out["mask_score"] = [round(float(np.mean(c)), 3) for c in conf]
-        if min(scores_out["valid_fraction"]) < cfg.min_valid_fraction:
+        return self.decide(scores_out)
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        cfg = self.config
+        if self.need(scores, "identities") < cfg.min_identities:
+            return "no_identity"
+        if not scores["identities"]:  # min_identities 0: a clip without people keeps no masks
+            return None
+        if min(self.need(scores, "valid_fraction")) < cfg.min_valid_fraction:
             return "masks_unreliable"
         return None
 

@@ -75,6 +75,7 @@ class MotionStage(Stage):
         "raft": {"torch": "torch"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("raft",)
+    thresholds: ClassVar[dict[str, tuple[str, ...]]] = {"min_motion": ("motion",), "max_motion": ("motion",)}
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"raft": (
         ["*.pth"],
         "torchvision's RAFT state dict, e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth or raft_small_C_T_V2-01064c6d.pth "
@@ -109,16 +110,18 @@ class MotionStage(Stage):
         scores: dict[str, Any] = {"backend": c.backend, "pairs": len(pairs)}
         if not pairs:
             scores.update({"motion": 0.0, "peak": 0.0})
-            clip.scores[self.name] = scores
-            return "static"
-        # Mean flow magnitude per pair, in short sides per frame interval -> per second.
-        mags = np.asarray(self.flow(frames, pairs), dtype=np.float64) * fps
-        motion, peak = float(np.median(mags)), float(mags.max())
-        scores.update({"motion": round(motion, 5), "peak": round(peak, 5)})
+        else:
+            # Mean flow magnitude per pair, in short sides per frame interval -> per second.
+            mags = np.asarray(self.flow(frames, pairs), dtype=np.float64) * fps
+            scores.update({"motion": round(float(np.median(mags)), 5), "peak": round(float(mags.max()), 5)})
         clip.scores[self.name] = scores
-        if motion < c.min_motion:
+        return self.decide(scores)
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        motion = self.need(scores, "motion")
+        if not self.need(scores, "pairs") or motion < self.config.min_motion:  # one frame: nothing moves
             return "static"
-        if motion > c.max_motion:
+        if motion > self.config.max_motion:
             return "too_much_motion"
         return None
 

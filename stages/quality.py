@@ -106,6 +106,11 @@ class QualityStage(Stage):
                    "sentencepiece": "'interacthuman[qalign]' (the package sentencepiece)"},
     }
     gpu_backends: ClassVar[tuple[str, ...]] = ("qalign",)
+    thresholds: ClassVar[dict[str, tuple[str, ...]]] = {
+        "min_resolution": ("resolution",), "min_brightness": ("brightness",), "max_brightness": ("brightness",),
+        "min_contrast": ("contrast",), "min_sharpness": ("sharpness",), "max_noise": ("noise",),
+        "max_blockiness": ("blockiness",), "min_quality": ("quality",), "min_aesthetic": ("aesthetic",),
+    }
     weights_layout: ClassVar[dict[str, tuple[list[str], str]]] = {"qalign": (
         ["config.json", "tokenizer.model", "*.safetensors|pytorch_model*.bin"],
         "A local snapshot of q-future/one-align (Q-Align on mPLUG-Owl2): config.json, tokenizer.model and its "
@@ -152,40 +157,52 @@ class QualityStage(Stage):
         src_w, src_h = source_size(clip, item)
         scores: dict[str, Any] = {"backend": c.backend, "frames": len(idx),
                                   "resolution": int(min(src_w, src_h)) if src_w else None}
-        reasons: list[str] = []
-        if src_w and min(src_w, src_h) < c.min_resolution:
-            reasons.append("low_resolution")
-
         if c.backend == "qalign":
             if self.scorer is None:
                 self.setup()
             q = self.scorer.scores(list(sample), "quality")
             a = self.scorer.scores(list(sample), "aesthetics")
             scores.update({"quality": round(float(q.mean()), 4), "aesthetic": round(float(a.mean()), 4)})
-            if q.mean() < c.min_quality:
-                reasons.append("low_quality")
-            if a.mean() < c.min_aesthetic:
-                reasons.append("low_aesthetic")
         else:
             period = block_period(frames.shape[2], src_w)
             per = [frame_measures(f, period) for f in sample]
             agg = {k: _median([m[k] for m in per]) for k in per[0]}
             scores.update({k: (round(v, 4) if v is not None else None) for k, v in agg.items()})
-            if agg["brightness"] < c.min_brightness:
-                reasons.append("too_dark")
-            elif agg["brightness"] > c.max_brightness:
-                reasons.append("overexposed")
-            if agg["contrast"] < c.min_contrast:
-                reasons.append("low_contrast")
-            elif agg["sharpness"] < c.min_sharpness:  # a flat picture has no edges to judge
-                reasons.append("blurry")
-            if agg["noise"] > c.max_noise:
-                reasons.append("noisy")
-            if agg["blockiness"] is not None and c.max_blockiness > 0 and agg["blockiness"] > c.max_blockiness:
-                reasons.append("blocky")
-        scores["failed"] = reasons
+        scores["failed"] = self.reasons(scores)
         clip.scores[self.name] = scores
+        return self.decide(scores)
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        reasons = self.reasons(scores)
         return reasons[0] if reasons else None
+
+    def reasons(self, scores: dict[str, Any]) -> list[str]:
+        """Every threshold the scores fail, in the order of the table above (the first is the drop reason)."""
+        c, need = self.config, lambda k: self.need(scores, k)
+        reasons: list[str] = []
+        resolution = need("resolution")  # None: the source's size is unknown
+        if resolution is not None and resolution < c.min_resolution:
+            reasons.append("low_resolution")
+        if need("backend") == "qalign":
+            if need("quality") < c.min_quality:
+                reasons.append("low_quality")
+            if need("aesthetic") < c.min_aesthetic:
+                reasons.append("low_aesthetic")
+            return reasons
+        if need("brightness") < c.min_brightness:
+            reasons.append("too_dark")
+        elif need("brightness") > c.max_brightness:
+            reasons.append("overexposed")
+        if need("contrast") < c.min_contrast:
+            reasons.append("low_contrast")
+        elif need("sharpness") < c.min_sharpness:  # a flat picture has no edges to judge
+            reasons.append("blurry")
+        if need("noise") > c.max_noise:
+            reasons.append("noisy")
+        blockiness = need("blockiness")
+        if blockiness is not None and c.max_blockiness > 0 and blockiness > c.max_blockiness:
+            reasons.append("blocky")
+        return reasons
 
 
 # ------------------------------------------------------------------------------------------------------------------

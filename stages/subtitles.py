@@ -199,7 +199,11 @@ class SubtitlesStage(Stage):
             "changes_inside": bool(inside),
             "changes_across": bool(across_with),
         }
-        return "subtitles" if inside or across_with else None
+        return self.decide(clip.scores[self.name])
+
+    def decide(self, scores: dict[str, Any]) -> str | None:
+        # Every field changes what is read or how lines are grouped: none is a threshold on a recorded score.
+        return "subtitles" if self.need(scores, "changes_inside") or self.need(scores, "changes_across") else None
 
     def _n_samples(self, clip: Clip) -> int:
         c = self.config

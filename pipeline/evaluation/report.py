@@ -27,6 +27,32 @@ from pipeline.inspect import colour
 SHEET_FRAMES = 6
 SHOW = 3  # worst and best videos shown
 
+# The page helpers shared by the HTML reports (this one and ``interacthuman report``, pipeline/report.py).
+STYLE = """body{font-family:sans-serif;margin:16px} td,th{padding:4px 10px;text-align:left}
+table{border-collapse:collapse} tr:nth-child(even){background:#f2f2f2} .small{font-size:12px;color:#555}
+img{max-width:100%;display:block;margin:6px 0} .video{border-top:1px solid #ccc;margin-top:12px}"""
+# Counts the images that rendered into <body data-images="loaded/total"> once the page has loaded.
+IMAGES_SCRIPT = """<script>window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});</script>"""
+
+
+def html_page(title: str, body: str, style: str = "") -> str:
+    """A whole page: the shared style, ``body`` (HTML), and the image-count script."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}{style}</style></head>\n<body data-images='pending'>\n{body}\n{IMAGES_SCRIPT}\n"
+            "</body></html>")
+
+
+def html_table(header: list[str], rows: list[list[Any]], raw: bool = False) -> str:
+    """A table; cells are escaped unless ``raw``."""
+    cell = (lambda v: str(v)) if raw else (lambda v: html.escape(str(v)))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
 
 def _plt():
     import matplotlib
@@ -191,12 +217,7 @@ def write_report(out: Path, records: list[dict[str, Any]], summary: dict[str, An
     timelines = "".join(
         f"<li><a href='timelines/{_safe(r['video'])}.png'>{html.escape(r['video'])}</a></li>" for r in scored
         if (out / "timelines" / f"{_safe(r['video'])}.png").is_file())
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>evaluation: {html.escape(str(src))}</title>
-<style>body{{font-family:sans-serif;margin:16px}} td,th{{padding:4px 10px;text-align:left}}
-table{{border-collapse:collapse}} tr:nth-child(even){{background:#f2f2f2}} .small{{font-size:12px;color:#555}}
-img{{max-width:100%;display:block;margin:6px 0}} .video{{border-top:1px solid #ccc;margin-top:12px}}</style></head>
-<body data-images='pending'>
-<h1>Evaluation of {html.escape(str(src))}</h1>
+    body = f"""<h1>Evaluation of {html.escape(str(src))}</h1>
 <p>{summary['videos']} videos, {summary['scored']} scored, {len(summary['errors'])} with errors;
 {summary['seconds']:.1f} s. Metrics are defined in docs/EVALUATION.md.</p>
 <h2>Summary</h2><table><tr><th>metric</th><th>mean</th><th>videos</th><th>better</th><th>backend</th></tr>
@@ -206,13 +227,8 @@ img{{max-width:100%;display:block;margin:6px 0}} .video{{border-top:1px solid #c
                        if drawn else '<p>no values</p>'}
 <h2>Worst and best videos by {html.escape(rank or '-')}</h2>{blocks or '<p>none</p>'}
 <h2>Lip-sync timelines of every video</h2><ul>{timelines or '<li>none</li>'}</ul>
-<h2>Errors</h2><ul>{errors or '<li>none</li>'}</ul>
-<script>window.addEventListener('load', function () {{
-  var imgs = document.images, ok = 0;
-  for (var i = 0; i < imgs.length; i++) {{ if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }}
-  document.body.setAttribute('data-images', ok + '/' + imgs.length);
-}});</script>
-</body></html>"""
+<h2>Errors</h2><ul>{errors or '<li>none</li>'}</ul>"""
+    page = html_page(f"evaluation: {src}", body)
     index = out / "index.html"
     index.write_text(page)
     (out / "report.json").write_text(json.dumps({"rank": rank, "worst": [r["video"] for r in worst],
