@@ -848,34 +848,86 @@ def encode_span(path: str, info: dict[str, Any], spec: ExtractSpec, start: float
                 threads: int = 1) -> bytes:
     """The H.264 clip of source seconds [start, end) on the output grid, exactly as the single pass would have
     encoded it: only that span is decoded (from the keyframe before it)."""
+    (out,) = encode_spans(path, info, spec, [(start, end)], threads)
+    if isinstance(out, MediaError):
+        raise out
+    return out
+
+
+ENCODE_JOIN_GAP_S = 3.0  # spans closer than this share one decode (decoding the gap costs less than a seek's pre-roll)
+
+
+def encode_spans(path: str, info: dict[str, Any], spec: ExtractSpec, spans: list[tuple[float, float]],
+                 threads: int = 1, join_gap_s: float = ENCODE_JOIN_GAP_S) -> list[bytes | MediaError]:
+    """The H.264 clips of several source spans [start, end), in the order given, each exactly as the single pass
+    would have encoded it. Spans closer than ``join_gap_s`` (a unit's clips, mostly back to back) are encoded from
+    one decode of their run, so each clip does not pay its own seek and decode from the keyframe before it; one
+    encoder per span is open at a time, only while the decode is inside it. A span that does not decode to its
+    frame count comes back as a :class:`MediaError` in its place; an unusable file raises one."""
+    order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and spans[i][0] - max(spans[j][1] for j in runs[-1]) <= join_gap_s:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    out: list[bytes | MediaError | None] = [None] * len(spans)
+    for run in runs:
+        for i, data in zip(run, _encode_run(path, info, spec, [spans[i] for i in run], threads)):
+            out[i] = data
+    return out  # type: ignore[return-value]
+
+
+def _encode_run(path: str, info: dict[str, Any], spec: ExtractSpec, spans: list[tuple[float, float]],
+                threads: int) -> list[bytes | MediaError]:
     geo = Geometry(info, spec)
     fps = spec.fps
-    k0, k1 = int(round(start * fps)), int(round(end * fps))
-    writer = H264Writer(fps, geo.out[0], geo.out[1], spec.crf, spec.preset, threads=threads)
+    ticks = [(int(round(a * fps)), int(round(b * fps))) for a, b in spans]
+    last = max(k1 for _, k1 in ticks)
+    writers: list[H264Writer | None] = [None] * len(spans)
+    written = [0] * len(spans)
+    done: list[bytes | MediaError | None] = [None] * len(spans)
     sws = VideoReformatter()
     grid = _Grid(fps, 0)
     container, v = _open(path, threads)
-    written = 0
     with container:
         t0 = geo.start_time
         if t0 is None:
             _, t0 = _first_frame(container, v)
         if t0 is None:
             raise MediaError(f"{path}: no decodable video frames")
-        _seek(container, v, t0 + start - 1.0)
+        _seek(container, v, t0 + min(a for a, _ in spans) - 1.0)
         prev: av.VideoFrame | None = None
         prev_t = 0.0
 
+        def close(i: int) -> None:
+            k0, k1 = ticks[i]
+            w = writers[i]
+            if written[i] != k1 - k0:
+                done[i] = MediaError(f"{path}: the span {spans[i][0]:.3f}-{spans[i][1]:.3f} s decoded to "
+                                     f"{written[i]} frames, expected {k1 - k0}")
+            else:
+                done[i] = w.close() if w is not None else H264Writer(fps, geo.out[0], geo.out[1], spec.crf,
+                                                                     spec.preset).close()
+            writers[i] = None
+
         def put(frame: av.VideoFrame, until_t: float) -> None:
-            nonlocal written
             first = grid.tick
             n = grid.due(until_t)
-            lo, hi = max(first, k0), min(first + n, k1)
-            if hi > lo:
-                out = geo.to_out(sws, frame)
+            out = None
+            for i, (k0, k1) in enumerate(ticks):
+                lo, hi = max(first, k0), min(first + n, k1)
+                if hi <= lo:
+                    continue
+                if out is None:
+                    out = geo.to_out(sws, frame)
+                if writers[i] is None:
+                    writers[i] = H264Writer(fps, geo.out[0], geo.out[1], spec.crf, spec.preset, threads=threads)
                 for _ in range(lo, hi):
-                    writer.write(out)
-                    written += 1
+                    writers[i].write(out)  # type: ignore[union-attr]
+                    written[i] += 1
+                if hi == k1:
+                    close(i)
 
         try:
             for frame in container.decode(v):
@@ -888,16 +940,17 @@ def encode_span(path: str, info: dict[str, Any], spec: ExtractSpec, start: float
                     put(prev, t)
                 if prev is None or t >= prev_t:
                     prev, prev_t = frame, t
-                if grid.tick >= k1:
+                if grid.tick >= last:
                     break
         except av.FFmpegError as e:
             if prev is None:
                 raise MediaError(f"{path}: cannot decode video ({_short(e)})") from None
-        if prev is not None and grid.tick < k1:
-            put(prev, max(prev_t + 1.0 / geo.nominal_fps, k1 / fps))
-    if written != k1 - k0:
-        raise MediaError(f"{path}: the span {start:.3f}-{end:.3f} s decoded to {written} frames, expected {k1 - k0}")
-    return writer.close()
+        if prev is not None and grid.tick < last:
+            put(prev, max(prev_t + 1.0 / geo.nominal_fps, last / fps))
+    for i in range(len(spans)):
+        if done[i] is None:
+            close(i)
+    return done  # type: ignore[return-value]
 
 
 def _reencode_parts(mp4: bytes, parts: list[tuple[int, int]], spec: ExtractSpec) -> Any:

@@ -44,7 +44,7 @@ from pipeline.item import (
     items_from_batch,
 )
 from pipeline.manifest import SourceTask
-from pipeline.media import ExtractSpec, ExtractSummary, MediaError, encode_span, iter_extract, probe, sha256_file
+from pipeline.media import ExtractSpec, ExtractSummary, MediaError, encode_spans, iter_extract, probe, sha256_file
 from pipeline.shards import clip_key
 
 WINDOW = "window"  # an item that asks ExtractOp to decode one window
@@ -483,7 +483,8 @@ def stage_batch(op: StageGroupOp, stage: Any, units: list[SourceItem]) -> None:
 
 
 class EncodeOp:
-    """Encodes each surviving clip at the recipe's fps and size, decoding only its span of the source again.
+    """Encodes each surviving clip at the recipe's fps and size, decoding only its unit's spans of the source again
+    (once for clips back to back: :func:`pipeline.media.encode_spans`).
 
     It runs after the stages that drop clips from the analysis frames alone, so dropped clips are never encoded."""
 
@@ -501,25 +502,30 @@ class EncodeOp:
                 continue
             stat = item.stat("encode")
             with Attempt(self.ctx.log(), item, "encode"):
-                for clip in item.alive:
-                    if clip.mp4 is not None:
-                        continue
-                    stat.items_in += 1
-                    try:
-                        with StageTimer(stat):
-                            clip.mp4 = encode_span(item.path, item.probe, self.spec, clip.start, clip.end,
-                                                   threads=self.ctx.threads)
-                        stat.items_out += 1
-                    except MediaError as e:
+                todo = [c for c in item.alive if c.mp4 is None]
+                if not todo:
+                    continue
+                stat.items_in += len(todo)
+                try:
+                    with StageTimer(stat):  # one decode for the unit's clips (back to back, mostly)
+                        encoded = encode_spans(item.path, item.probe, self.spec, [(c.start, c.end) for c in todo],
+                                               threads=self.ctx.threads)
+                except MediaError as e:
+                    encoded = [e] * len(todo)
+                except Exception as e:  # noqa: BLE001
+                    stat.failures += 1
+                    item.attempts += 1
+                    item.fail(f"encode: {type(e).__name__}: {e}", traceback.format_exc())
+                    if self.ctx.reraise:
+                        raise
+                    continue
+                for clip, data in zip(todo, encoded):
+                    if isinstance(data, MediaError):
                         stat.dropped["undecodable"] = stat.dropped.get("undecodable", 0) + 1
-                        item.drop_clip(clip, "encode", f"undecodable: {e}")
-                    except Exception as e:  # noqa: BLE001
-                        stat.failures += 1
-                        item.attempts += 1
-                        item.fail(f"encode: {type(e).__name__}: {e}", traceback.format_exc())
-                        if self.ctx.reraise:
-                            raise
-                        break
+                        item.drop_clip(clip, "encode", f"undecodable: {data}")
+                    else:
+                        clip.mp4 = data
+                        stat.items_out += 1
         return batch_from_items(items)
 
 

@@ -390,8 +390,14 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
     write_res = resources_for("write", recipe, DEFAULTS["write"])
     ops = operator_plan(recipe, stages, gpus, log)
     if not recipe.run.address:
-        fit_to_machine([ex_res] + [op.resources for op in ops], [probe_res, write_res],
-                       float(ray.cluster_resources().get("CPU", 1)), log)
+        # what is free now: actors that outlived an earlier run in this process (a notebook, a test session) still
+        # hold their CPUs, and a graph sized to the total would wait for them forever
+        total = float(ray.cluster_resources().get("CPU", 1))
+        free = float(ray.available_resources().get("CPU", 0.0))
+        if free < total - 1e-6:
+            log(f"{total - free:.2f} of this Ray's {total:g} CPUs are held by other work; the graph is fitted to "
+                f"the {free:.2f} free")
+        fit_to_machine([ex_res] + [op.resources for op in ops], [probe_res, write_res], max(free, 0.1), log)
 
     rows = task_rows(the_plan.todo)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 10_000))

@@ -336,8 +336,9 @@ def test_windows_give_the_whole_source_clips_cut_at_their_edges(looped):
 
 def test_deferred_encode_matches_the_single_pass(looped):
     """The encode step decodes only a clip's span (from the keyframe before it) and gives the frames the single pass
-    gives, on a constant-rate, a variable-rate and a rotated source."""
-    from pipeline.media import encode_span
+    gives, on a constant-rate, a variable-rate and a rotated source; a unit's clips encoded from one decode of their
+    run (``encode_spans``, in any order) give the same frames as each on its own."""
+    from pipeline.media import encode_span, encode_spans
 
     for path in (looped[0], str(sample("pyscenedetect_goldeneye-vfr-drop3.mp4")),
                  str(sample("pyscenedetect_issue-134-rotate.mp4"))):
@@ -350,3 +351,12 @@ def test_deferred_encode_matches_the_single_pass(looped):
             assert a.shape == b.shape
             psnr = 10 * np.log10(255**2 / max(1e-6, float(((a - b) ** 2).mean())))
             assert psnr > 35, (path, c.start, psnr)  # the same frames, up to x264's own noise
+        picked = [clips[-1], clips[0], clips[1]] if len(clips) > 2 else clips[::-1]
+        together = encode_spans(path, info, spec, [(c.start, c.end) for c in picked])
+        for c, data in zip(picked, together):
+            assert isinstance(data, bytes), data
+            a = decode_video_bytes(c.mp4).astype(np.float32)
+            b = decode_video_bytes(data).astype(np.float32)
+            assert a.shape == b.shape, (path, c.start)
+            psnr = 10 * np.log10(255**2 / max(1e-6, float(((a - b) ** 2).mean())))
+            assert psnr > 35, (path, c.start, psnr)

@@ -220,3 +220,25 @@ def test_train_and_precompute_read_their_data_from_the_bucket(s3, local_run, tmp
 
     with pytest.raises(ValueError, match="checkpoints and the exported model are written to a local"):
         train(load_train_config(recipe, [f"data={data}", f"output={data}/train"]))
+
+
+def test_sampler_reads_references_and_tracks_from_the_bucket(s3, tmp_path):
+    from model.sample_inputs import InputError, IdentityInput, SampleRequest, load_request, read_spec
+
+    img = ROOT / "datasets/samples/images/face_recognition_obama.jpg"
+    wav = ROOT / "datasets/samples/audio/per_speaker/multitalk_multi3_1-man.wav"
+    b = s3.bucket("refs")
+    storage.write_bytes(f"{b}/people/obama.jpg", img.read_bytes())
+    storage.write_bytes(f"{b}/people/man.wav", wav.read_bytes())
+    remote = load_request(SampleRequest("a man talks", (IdentityInput(f"{b}/people/obama.jpg", f"{b}/people/man.wav"),),
+                                        "test"))
+    local = load_request(SampleRequest("a man talks", (IdentityInput(str(img), str(wav)),), "test"))
+    assert np.array_equal(remote.images[0], local.images[0]) and np.array_equal(remote.tracks[0], local.tracks[0])
+    # a spec may name objects; they stay URLs (not joined to the spec's folder), and a missing one is named
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"prompt": "p", "identities": [{"ref": f"{b}/people/obama.jpg",
+                                                                "audio": f"{b}/people/none.wav"}]}))
+    (req,) = read_spec(spec)
+    assert req.identities[0].ref == f"{b}/people/obama.jpg"
+    with pytest.raises(InputError, match=f"audio {b}/people/none.wav not found"):
+        load_request(req)

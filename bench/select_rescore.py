@@ -1,6 +1,6 @@
 """``interacthuman select`` against re-curating, side by side in one run.
 
-    nice .venv/bin/python bench/select.py [--recipe datasets/recipes/default.yaml] [--sources DIR ...]
+    nice .venv/bin/python bench/select_rescore.py [--recipe datasets/recipes/default.yaml] [--sources DIR ...]
                                           [--set stages.STAGE.FIELD=VALUE ...] [--repeat 3] [--work DIR]
 
 1. score once: ``curate --score-only`` of the sources (every stage scores every clip, nothing dropped);
