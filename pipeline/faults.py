@@ -1,7 +1,8 @@
 """Fault injection for the crash tests: die at a named point, as if the machine lost power there.
 
-Set ``INTERACTHUMAN_FAULT=<point>`` (or ``<point>@<n>`` for the n-th time a process reaches it) in the environment of
-a ``curate`` run started in a session of its own: when a process reaches the point it SIGKILLs every process of its
+Set ``INTERACTHUMAN_FAULT=<point>`` (or ``<point>@<n>`` for the n-th time any process of the run reaches it: the
+count is kept in a file per session, since write tasks land on whichever worker is free) in the environment of a
+``curate`` run started in a session of its own: when a process reaches the point it SIGKILLs every process of its
 session (the driver, Ray's daemons and workers) and then itself. Points:
 
 * ``shard-renamed``: a shard was renamed into place; the manifest chunk naming it is not written yet;
@@ -15,8 +16,24 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 
-_hits: dict[str, int] = {}
+
+def _count(name: str, sid: int) -> int:
+    """How many times a process of session ``sid`` has reached point ``name``, this time included."""
+    import fcntl
+
+    path = os.path.join(tempfile.gettempdir(), f"interacthuman-fault-{sid}-{name}.count")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        n = int(os.read(fd, 32) or b"0") + 1
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(n).encode())
+        return n
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def fault_point(name: str) -> None:
@@ -26,10 +43,14 @@ def fault_point(name: str) -> None:
     point, _, nth = spec.partition("@")
     if point != name:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] < int(nth or 1):
+    sid = os.getsid(0)
+    if _count(name, sid) < int(nth or 1):
         return
-    kill_session(os.getsid(0))
+    try:
+        os.unlink(os.path.join(tempfile.gettempdir(), f"interacthuman-fault-{sid}-{name}.count"))
+    except FileNotFoundError:
+        pass
+    kill_session(sid)
 
 
 def kill_session(sid: int) -> None:
