@@ -242,7 +242,7 @@ def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, A
     return examples
 
 
-PER_IDENTITY = ("audio_feats", "ref_latents", "mask_target", "mask_valid", "has_audio")  # identities first
+PER_IDENTITY = ("audio_feats", "ref_latents", "mask_target", "mask_valid") + ("has_audio",)  # identities first
 
 
 def permute_identities(ex: dict[str, Any], perm: list[int]) -> dict[str, Any]:

@@ -319,10 +319,10 @@ def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.G
         muted_audio=muted_audio.to(**to, dtype=dtype) if muted_audio is not None else None,
         audio_present=batch["has_audio"].to(device) if "has_audio" in batch else None,
     )
-    supervised = supervised[:, None].expand(B, batch["mask_valid"].shape[1])  # [B, N]
-    if multi and "has_audio" in batch:
-        supervised = supervised | (batch["has_masks"][:, None] & ~batch["has_audio"])
-    mask_valid = batch["mask_valid"] & supervised[:, :, None]
+    mask_valid = batch["mask_valid"] & supervised[:, None, None]
+    if multi and "has_audio" in batch:  # objects: wherever there are masks (no audio goes where they are)
+        objects = batch["has_masks"][:, None] & ~batch["has_audio"]  # [B, N]
+        mask_valid = mask_valid | (batch["mask_valid"] & objects[:, :, None])
     losses = interacthuman_loss(
         out, target.to(device), batch["mask_target"].to(device) if multi else None,
         mask_valid.to(device) if multi else None, batch["identity_valid"].to(device),
