@@ -9,9 +9,11 @@ import torch
 from model.losses import LossConfig, interacthuman_loss
 from tests.model.helpers import randomize_audio_outputs, tiny_inputs, tiny_model
 
-# IoU over the all-ones mask the object's (and, slow, both identities') predicted masks must reach (docs/MODEL.md)
+# IoU over the all-ones mask the predicted masks must reach (measured, docs/MODEL.md: object 0.60 vs 0.23 after 150
+# steps; after 800 steps object 0.82, person 0.56, all-ones 0.22-0.23)
 OBJECT_MARGIN_FAST = 0.15
-OBJECT_MARGIN_SLOW = 0.3
+OBJECT_MARGIN_SLOW = 0.4
+PERSON_MARGIN_SLOW = 0.2
 
 
 def _audio_calls(model):
@@ -247,5 +249,6 @@ def test_the_mask_head_learns_both_masks_of_a_person_and_an_object():
     train_on_pulses(model, task, steps=800, seed=0, log=print, log_every=100)
     res = identity_mask_iou(model, task, samples=64)
     print(res)
-    for i in range(2):
-        assert res["iou"][i] >= res["all_ones_iou"][i] + OBJECT_MARGIN_SLOW, res
+    assert res["iou"][1] >= res["all_ones_iou"][1] + OBJECT_MARGIN_SLOW, res  # the object
+    assert res["iou"][0] >= res["all_ones_iou"][0] + PERSON_MARGIN_SLOW, res  # the person (its mask is supervised
+    # only in the gate-free half of the samples, the object's in all)
