@@ -563,6 +563,8 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             raise ValueError(f"timestep must be [B] = [{B}], got {tuple(timestep.shape)}")
         if audio_feats is not None and audio_feats.shape[1] != N:
             raise ValueError(f"audio_feats has {audio_feats.shape[1]} identities, ref_latents has {N}")
+        if audio_present is not None and tuple(audio_present.shape) != (B, N):
+            raise ValueError(f"audio_present must be [B, N] = [{B}, {N}], got {tuple(audio_present.shape)}")
         all_valid = identity_valid is None
         if identity_valid is None:
             identity_valid = torch.ones(B, N, dtype=torch.bool, device=latents.device)

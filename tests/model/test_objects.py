@@ -71,6 +71,8 @@ def test_only_objects_and_no_muted_track_skip_the_audio_cross_attention():
             hk.remove()
     assert seen == {"attn": [], "proj": []}
     torch.testing.assert_close(out.velocity, bare.velocity, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"audio_present must be \[B, N\] = \[1, 2\]"):
+        model(**inputs, audio_present=torch.tensor([True, False]))
 
 
 def test_the_mask_loss_of_an_object_trains_its_mask_head():
