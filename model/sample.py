@@ -416,6 +416,11 @@ class Conditioning:
     def identities(self) -> int:
         return self.refs.shape[1]
 
+    @property
+    def speakers(self) -> int:
+        """Identities with audio (the tracks there are to route)."""
+        return self.identities if self.has_audio is None else int(self.has_audio.sum())
+
 
 class InterActHumanSampler:
     """Prompt + N (reference image, audio) -> video. Holds a model and its encoders on one device.
@@ -675,7 +680,7 @@ def denoise(model, cond: Conditioning, cfg: SamplingConfig, shape: tuple[int, ..
             x[:, :, :m] = renoise(motion_x0.float(), motion_noise, sigma)
         # 3. routing: gates of the conditional rows from the mask predicted at step i - 1
         if routing == "predicted":
-            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.identities)
+            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.speakers)
         else:
             gates, audio_on = fixed_gates, True
         # 2. guided velocity, all CFG rows in one forward

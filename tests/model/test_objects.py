@@ -126,6 +126,16 @@ def test_the_sampler_takes_a_silent_concept_and_gives_it_no_audio_path():
     # step 0 global audio: the person's track alone; then gated: the person's and the muted one; never the mug's
     assert seen[0] == 1 and set(seen[1:]) == {2}
     assert not result.tracks[1].any() and result.tracks[0].any()
+    # one speaker and an object: nothing to route, so "withheld" early audio does not withhold the speaker's
+    heard = []
+    hook = sampler.model.register_forward_pre_hook(
+        lambda m, a, k: heard.append(bool(k["audio_feats"][0].abs().sum() > 0)), with_kwargs=True)
+    try:
+        sampler("a man holds a red mug", [(SAMPLES / "images" / "face_recognition_obama.jpg", track), (mug, None)],
+                steps=2, mask_start_step=1, early_audio="withheld", height=32, width=32)
+    finally:
+        hook.remove()
+    assert heard == [True, True]
 
 
 def test_silent_concepts_on_the_command_line_in_a_spec_and_in_a_batch_line(tmp_path):
