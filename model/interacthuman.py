@@ -18,7 +18,8 @@ Per block (numbers match the comments in ``InterActHumanBlock.forward``):
     2. text cross-attention (Wan)
     3. audio cross-attention, video tokens only: identity n's audio tokens of latent frame j are attended by the video
        tokens of frame j only; the output of identity n is multiplied by its gate (a mask over video tokens), summed
-       over identities and added; the output projection starts at zero
+       over identities and added; the output projection starts at zero. A concept without audio (an object, a
+       silent person: ``audio_present`` False) has no track here at all, not a silent one: it costs no audio compute
     4. feed-forward (Wan)
     5. mask head (every block, or the last K): one projection shared by video and reference tokens to q, k, v,
        LayerNorm of q and k, 3D RoPE, cross-attention from video tokens to one reference's tokens, 2-layer MLP on the
@@ -524,6 +525,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         audio_gates: torch.Tensor | None = None,
         identity_valid: torch.Tensor | None = None,
         muted_audio: torch.Tensor | None = None,
+        audio_present: torch.Tensor | None = None,
     ) -> InterActHumanOutput:
         """
         latents        [B, C, F, H, W]       noisy video latents x_t
@@ -538,6 +540,10 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                        identity n's audio with weight gate_n and the muted audio with the rest, max(0, 1 - sum_n
                        gate_n): outside every mask the audio is muted, not absent, and soft masks blend the two near
                        their boundaries (the paper). None: tokens outside the masks get no audio update (hard gate).
+        audio_present  [B, N] bool; False marks a concept without audio (an object, a silent person): its track in
+                       ``audio_feats`` is ignored and not computed at all (no audio tokens, no cross-attention), its
+                       gate weight goes to the muted track; its reference, mask head and mask are as for any
+                       identity. None: every real identity has audio.
         Returns InterActHumanOutput(velocity [B, C, F, H, W], mask [B, N, F, h, w] float32 or None,
         layer_masks [heads, B, N, F, h, w] float32 or None).
         """
@@ -557,6 +563,8 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             raise ValueError(f"timestep must be [B] = [{B}], got {tuple(timestep.shape)}")
         if audio_feats is not None and audio_feats.shape[1] != N:
             raise ValueError(f"audio_feats has {audio_feats.shape[1]} identities, ref_latents has {N}")
+        if audio_present is not None and tuple(audio_present.shape) != (B, N):
+            raise ValueError(f"audio_present must be [B, N] = [{B}, {N}], got {tuple(audio_present.shape)}")
         all_valid = identity_valid is None
         if identity_valid is None:
             identity_valid = torch.ones(B, N, dtype=torch.bool, device=latents.device)
@@ -584,8 +592,9 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(timestep, text_emb, None)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B, 6, D]
 
-        # 4. Audio tokens [B, K, F, M, D_tok] and weights [B, K, L_v]: the N identities' tracks (gates, zero for
-        #    padding identities), then the muted track (the rest of each token's weight) when it is given with gates
+        # 4. Audio tokens [B, K, F, M, D_tok] and weights [B, K, L_v]: the tracks of the identities with audio (gates;
+        #    identities without audio and padding ones are left out), then the muted track (the rest of each token's
+        #    weight) when it is given with gates
         audio_tokens = weights = None
         if audio_feats is not None:
             context = self.model_config.audio_context
@@ -598,7 +607,15 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                 weights = torch.ones(B, N, L_v, device=latents.device, dtype=hidden_states.dtype)
             else:
                 weights = audio_gates.reshape(B, N, L_v).to(hidden_states.dtype)
-            weights = weights * identity_valid[:, :, None].to(weights.dtype)
+            # Only identities with audio get an audio path: per row, their tracks and weights are gathered into the
+            # first A slots (A = the most any row has), so concepts without audio (and padding) cost nothing here.
+            present = identity_valid if audio_present is None else identity_valid & audio_present.to(torch.bool)
+            weights = weights * present[:, :, None].to(weights.dtype)
+            if not bool(present.all()):
+                A = int(present.sum(dim=1).max())
+                order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :A]  # [B, A]
+                tracks = tracks.gather(1, order[:, :, None, None, None].expand(-1, -1, *tracks.shape[2:]))
+                weights = weights.gather(1, order[:, :, None].expand(-1, -1, L_v))  # [B, A, L_v]
             if muted_audio is not None and audio_gates is not None:
                 muted = muted_audio[:, None] if muted_audio.ndim in (3, 4) else muted_audio
                 if muted.ndim == 4:
@@ -606,10 +623,13 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                 if muted.shape[:3] != (B, 1, num_frames) or muted.shape[3:] != tracks.shape[3:]:
                     raise ValueError(f"muted_audio must be [B, T_video, D_a] or [B, F, W, D_a] like audio_feats, "
                                      f"got {tuple(muted_audio.shape)}")
-                tracks = torch.cat([tracks, muted.to(tracks.dtype)], dim=1)  # [B, N + 1, F, W, D_a]
+                tracks = torch.cat([tracks, muted.to(tracks.dtype)], dim=1)  # [B, A + 1, F, W, D_a]
                 rest = (1 - weights.sum(dim=1, keepdim=True)).clamp(0, 1)  # [B, 1, L_v]
                 weights = torch.cat([weights, rest], dim=1)
-            audio_tokens = self.audio_proj(tracks)
+            if tracks.shape[1] > 0:  # no identity with audio and no muted track: no audio path at all
+                audio_tokens = self.audio_proj(tracks)
+            else:
+                weights = None
 
         # 5. Self-attention key mask hiding padding identities' reference tokens (None when all are real)
         self_attn_mask = None

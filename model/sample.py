@@ -410,10 +410,16 @@ class Conditioning:
     #                      (or [1, N, L_win, D] per video frame: the model windows them, clamped to the window)
     batch: int  # rows: 1 (no guidance), 2 (cond, uncond) or 3 (cond, audio only, uncond); see SamplingConfig
     muted: torch.Tensor | None = None  # [1, F, 4 + 2c, D] features of silence (outside_audio="muted"), or None
+    has_audio: torch.Tensor | None = None  # [N] bool: False for a silent concept (no audio path); None: all have audio
 
     @property
     def identities(self) -> int:
         return self.refs.shape[1]
+
+    @property
+    def speakers(self) -> int:
+        """Identities with audio (the tracks there are to route)."""
+        return self.identities if self.has_audio is None else int(self.has_audio.sum())
 
 
 class InterActHumanSampler:
@@ -517,8 +523,9 @@ class InterActHumanSampler:
 
         prompt      the caption
         identities  N entries, each an ``IdentityInput`` (paths) or a tuple ``(image, audio[, text])`` with image
-                    a path or an RGB uint8 array and audio a path or float32 mono 16 kHz samples; an identity's text
-                    is appended to the prompt
+                    a path or an RGB uint8 array and audio a path or float32 mono 16 kHz samples, or None for a
+                    silent concept (an object: a reference and a mask, no audio path); an identity's text is appended
+                    to the prompt
         config      a SamplingConfig; keyword overrides (steps=..., guidance_scale=...) replace its fields
         """
         t_start = time.perf_counter()
@@ -528,8 +535,9 @@ class InterActHumanSampler:
         N = len(images)
         self.check_sizes(cfg, N)
         full_prompt = " ".join(p for p in [prompt.strip(), *[t.strip() for t in texts]] if p)
+        has_audio = torch.tensor([t is not None for t in tracks], device=self.device)  # silent concepts: False
 
-        total = output_frames(max(len(t) for t in tracks) / AUDIO_RATE, cfg.fps)
+        total = output_frames(max(len(t) for t in tracks if t is not None) / AUDIO_RATE, cfg.fps)
         windows = plan_windows(total, cfg.window_frames, cfg.motion_frames)
         padded = max(w.start + w.length for w in windows)
         notes = []
@@ -549,7 +557,8 @@ class InterActHumanSampler:
         samples_padded = int(round(padded / cfg.fps * AUDIO_RATE))
         wave = np.zeros((N, samples_padded), np.float32)
         for i, t in enumerate(tracks):
-            wave[i, : min(len(t), samples_padded)] = t[:samples_padded]
+            if t is not None:  # a silent concept's row stays zeros (and the model never reads it)
+                wave[i, : min(len(t), samples_padded)] = t[:samples_padded]
         feats = self.stack.audio.encode(torch.from_numpy(wave).to(dev), padded)  # [N, T_pad, D], per video frame
         feats = feats.to(dt)[None]  # [1, N, T_pad, D]
         muted = None
@@ -572,7 +581,8 @@ class InterActHumanSampler:
             t0 = time.perf_counter()
             idx = window_audio_indices(win, self.config.audio_context, padded).to(dev)  # [F, 4 + 2c]
             cond = Conditioning(text, refs_b, feats[:, :, idx], cfg_batch,  # audio [1, N, F, 4 + 2c, D]
-                                muted[:, idx] if muted is not None else None)
+                                muted[:, idx] if muted is not None else None,
+                                None if bool(has_audio.all()) else has_audio)
             motion_x0 = carried = None
             if win.motion:
                 prev = video[win.start : win.out_start]  # the output frames this window continues from
@@ -670,7 +680,7 @@ def denoise(model, cond: Conditioning, cfg: SamplingConfig, shape: tuple[int, ..
             x[:, :, :m] = renoise(motion_x0.float(), motion_noise, sigma)
         # 3. routing: gates of the conditional rows from the mask predicted at step i - 1
         if routing == "predicted":
-            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.identities)
+            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.speakers)
         else:
             gates, audio_on = fixed_gates, True
         # 2. guided velocity, all CFG rows in one forward
@@ -722,6 +732,7 @@ def guided_velocity(model, x: torch.Tensor, sigma: float, cond: Conditioning, ga
         audio_gates=audio_gates,
         identity_valid=torch.ones(B, N, dtype=torch.bool, device=device),
         muted_audio=muted,
+        audio_present=cond.has_audio[None].expand(B, N) if cond.has_audio is not None else None,
     )
     v = out.velocity.float()
     if B == 2:
@@ -802,7 +813,8 @@ def check_encoder_dirs(source: ModelSource, wan_dir: str | Path | None, audio_di
 
 
 def _read_identities(identities: Sequence[IdentityInput | tuple],
-                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+                     ) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str]]:
+    """Images, tracks (None for a silent concept: audio None) and texts; at least one identity must have audio."""
     if not identities:
         raise InputError("no identity: give at least one (reference image, audio) pair")
     images, tracks, texts = [], [], []
@@ -814,13 +826,15 @@ def _read_identities(identities: Sequence[IdentityInput | tuple],
                 raise InputError(f"identity {i}: expected (image, audio) or (image, audio, text)")
             img, aud, text = (*ident, "")[:3]
         images.append(load_image(str(img), f"identity {i}") if isinstance(img, (str, Path)) else np.asarray(img))
-        tracks.append(load_track(str(aud), f"identity {i}") if isinstance(aud, (str, Path))
+        tracks.append(None if aud is None else load_track(str(aud), f"identity {i}") if isinstance(aud, (str, Path))
                       else np.asarray(aud, np.float32))
         texts.append(text or "")
         if images[-1].dtype != np.uint8 or images[-1].ndim != 3 or images[-1].shape[2] != 3:
             raise InputError(f"identity {i}: the image must be RGB uint8 [H, W, 3]")
-        if tracks[-1].ndim != 1 or len(tracks[-1]) == 0:
+        if tracks[-1] is not None and (tracks[-1].ndim != 1 or len(tracks[-1]) == 0):
             raise InputError(f"identity {i}: the audio must be mono float32 samples at 16 kHz")
+    if all(t is None for t in tracks):
+        raise InputError("no identity has audio: give at least one an audio track (its length sets the video's)")
     return images, tracks, texts
 
 

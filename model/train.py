@@ -283,8 +283,10 @@ def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.G
     Stage ``multi``: a sample's audio is gated by its ground-truth masks, except where it hears global audio
     (gates all ones): samples without masks, the ``gate_free`` share, and samples whose audio is dropped (the
     sampler's unconditional row has gates all ones too). The mask loss applies exactly where the gates carry no
-    mask (the global-audio samples that have masks), over their valid (identity, frame) pairs. ``muted`` [T, D]:
-    features of silence, heard outside the masks (``outside_audio="muted"``)."""
+    mask (the global-audio samples that have masks), over their valid (identity, frame) pairs; and to the masks of
+    concepts without audio (``has_audio`` False: objects) in every sample that has masks, since no audio goes where
+    they are (they get no audio path; the model's ``audio_present``). ``muted`` [T, D]: features of silence, heard
+    outside the masks (``outside_audio="muted"``)."""
     from model.losses import LossConfig, flow_matching_pair, interacthuman_loss, sample_flow_time
 
     x0 = batch["latents"]
@@ -315,8 +317,12 @@ def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.G
         audio_gates=gates.to(**to, dtype=dtype) if gates is not None else None,
         identity_valid=batch["identity_valid"].to(device),
         muted_audio=muted_audio.to(**to, dtype=dtype) if muted_audio is not None else None,
+        audio_present=batch["has_audio"].to(device) if "has_audio" in batch else None,
     )
     mask_valid = batch["mask_valid"] & supervised[:, None, None]
+    if multi and "has_audio" in batch:  # objects: wherever there are masks (no audio goes where they are)
+        objects = batch["has_masks"][:, None] & ~batch["has_audio"]  # [B, N]
+        mask_valid = mask_valid | (batch["mask_valid"] & objects[:, :, None])
     losses = interacthuman_loss(
         out, target.to(device), batch["mask_target"].to(device) if multi else None,
         mask_valid.to(device) if multi else None, batch["identity_valid"].to(device),

@@ -321,7 +321,8 @@ docs/SAMPLING.md). Inputs are checked before any model loads. The output is an M
 longest track (frames = round(seconds * fps)), with the tracks mixed and muxed in.
 
 Identities, one of:
-  --prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]    pairs in order
+  --prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]    pairs in order; a --ref without an
+                       --audio after it is a silent concept (an object): a reference and a mask, no audio
   --spec FILE.json     {"prompt": ..., "identities": [{"ref": ..., "audio": ..., "text": ...}, ...]} or a list of them
   --batch FILE.txt     one sample per line: prompt@@img1@@audio1[@@img2@@audio2 ...] (OmniAvatar's format)
 
@@ -342,14 +343,25 @@ examples:
 """
 
 
+class _IdentityFlag(argparse.Action):
+    """--ref / --audio: appended to their own list and, in the order given, to ``identity_flags``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest) or []) + [values])  # never the default
+        order = getattr(namespace, "identity_flags", None) or []
+        setattr(namespace, "identity_flags", order + [(self.dest, values)])
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate a video from a prompt and (image, audio) pairs",
                        description=SAMPLE_HELP, epilog=SAMPLE_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--prompt", metavar="TEXT", help="the scene caption (with --ref/--audio)")
-    g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="reference image of a person (repeat)")
-    g.add_argument("--audio", action="append", default=[], metavar="AUDIO", help="that person's audio track (repeat)")
+    g.add_argument("--ref", action=_IdentityFlag, default=[], metavar="IMAGE",
+                   help="reference image of a person or an object (repeat); without an --audio after it: silent")
+    g.add_argument("--audio", action=_IdentityFlag, default=[], metavar="AUDIO",
+                   help="the audio track of the --ref before it (repeat)")
     g.add_argument("--spec", metavar="FILE.json", help="JSON spec of one sample or a list of samples")
     g.add_argument("--batch", metavar="FILE.txt", help="lines prompt@@img1@@audio1[@@img2@@audio2 ...]")
     g.add_argument("--out", "-o", metavar="PATH",
@@ -643,7 +655,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from model.sample_inputs import InputError, load_request, read_batch_file, read_spec, request_from_args, \
+    from model.sample_inputs import InputError, load_request, read_batch_file, read_spec, request_from_flags, \
         request_summary
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -657,7 +669,7 @@ def _sample(args: argparse.Namespace) -> int:
         elif args.batch:
             requests = read_batch_file(args.batch)
         else:
-            requests = [request_from_args(args.prompt, args.ref, args.audio)]
+            requests = [request_from_flags(args.prompt, getattr(args, "identity_flags", None) or [])]
         from model.sample import SamplingConfig, check_encoder_dirs, check_sizes, resolve_model_source, \
             resolve_sampling_config
 
