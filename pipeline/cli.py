@@ -386,8 +386,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="denoising steps before predicted masks gate the audio (default 10)")
     s.add_argument("--early-audio", default="global", choices=("global", "withheld"),
                    help="audio before --mask-start with several people: everywhere, or none (default global)")
-    s.add_argument("--mask-threshold", default="0.5", metavar="P|soft",
-                   help="gate = mask >= P (default 0.5), or 'soft' to gate with the probabilities")
+    s.add_argument("--mask-threshold", default="soft", metavar="P|soft",
+                   help="gate with the mask probabilities, blended with muted audio (soft, the paper's; default), "
+                        "or gate = mask >= P")
     s.add_argument("--fps", type=float, default=25.0)
     s.add_argument("--height", type=int, help="video height (default: the training config's, or the model's)")
     s.add_argument("--width", type=int, help="video width")

@@ -242,3 +242,27 @@ def test_single_process_bf16_keeps_fp32_master_weights():
         hook.remove()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _Payload:
+    """Stands for a pickled object in a tampered checkpoint (unpickling it would run its class's code)."""
+
+
+def test_checkpoint_extras_load_only_tensors_and_plain_data(tmp_path):
+    """A checkpoint round-trips its extras (the data position and the RNG state) with ``weights_only`` loading, and
+    a rank file that holds any other pickled object is refused instead of unpickled."""
+    import pickle
+
+    from model.parallelize import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    extras = {"data": {"epoch": 2, "index": 7}, "rng": torch.random.get_rng_state()}
+    save_checkpoint(tmp_path, 5, model, opt, sched, extras)
+    path = latest_checkpoint(tmp_path)
+    step, got = load_checkpoint(path, model, opt, sched)
+    assert step == 5 and got["data"] == {"epoch": 2, "index": 7} and torch.equal(got["rng"], extras["rng"])
+    torch.save({"data": {"epoch": 0, "index": 0}, "hook": _Payload()}, path / "rank_00000.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path, model, opt, sched)
