@@ -328,8 +328,13 @@ Identities, one of:
 Weights (local directories only):
   --model DIR          a trained model (save_pretrained dir, or a training output dir with model/ + train_config.json)
   --model tiny         a random tiny model (seeded): runs on a CPU without training; the video is noise
+                       (tiny-i2v: its image-to-video form)
   --wan-dir, --audio-dir   Wan2.1 diffusers snapshot and wav2vec2 snapshot (default: the training config's); a tiny
                        model without them uses the tiny random encoders it was trained with
+
+Image-to-video models (Wan2.1 I2V backbone) start the video from a first frame:
+  --first-frame IMG    that image, centre-cropped to the video size (default: ref:0)
+  --first-frame ref:K  the K-th --ref image on white
 """
 SAMPLE_EXAMPLES = """\
 examples:
@@ -354,6 +359,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch", metavar="FILE.txt", help="lines prompt@@img1@@audio1[@@img2@@audio2 ...]")
     g.add_argument("--out", "-o", metavar="PATH",
                    help="output MP4 (default sample.mp4), or a directory for several samples (default samples/)")
+    g.add_argument("--first-frame", metavar="IMG|ref:K",
+                   help="image-to-video models: the video's first frame, an image or the K-th reference "
+                        "(default ref:0)")
     g.add_argument("--save-masks", action="store_true",
                    help="also write <out>.masks.mp4 (mask overlay) and <out>.masks.npz (the masks)")
     w = p.add_argument_group("weights")
@@ -658,8 +666,8 @@ def _sample(args: argparse.Namespace) -> int:
             requests = read_batch_file(args.batch)
         else:
             requests = [request_from_args(args.prompt, args.ref, args.audio)]
-        from model.sample import SamplingConfig, check_encoder_dirs, check_sizes, resolve_model_source, \
-            resolve_sampling_config
+        from model.sample import SamplingConfig, check_encoder_dirs, check_first_frame, check_sizes, \
+            resolve_model_source, resolve_sampling_config
 
         source = resolve_model_source(args.model)
         wan_dir = args.wan_dir or source.train_config.get("wan_dir")
@@ -687,6 +695,7 @@ def _sample(args: argparse.Namespace) -> int:
         for r in requests:
             check_sizes(source.config, cfg, len(r.identities))
             loaded.append(load_request(r))
+        first_frame = check_first_frame(args.first_frame, source.config, [len(r.identities) for r in requests])
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -705,7 +714,7 @@ def _sample(args: argparse.Namespace) -> int:
     for note in sampler.notes:
         log(note)
     for item, out in zip(loaded, outs):
-        result = sampler.sample_request(item, cfg, progress=log)
+        result = sampler.sample_request(item, cfg, progress=log, first_frame=first_frame)
         for note in result.notes:
             if note not in item.notes:  # those were printed with the inputs
                 log(f"note: {note}")
