@@ -523,11 +523,12 @@ class InterActHumanSampler:
 
     def sample_request(self, loaded: LoadedRequest, config: SamplingConfig | None = None,
                        progress: Callable[[str], None] | None = None, first_frame: Any = None,
-                       **overrides: Any) -> SampleResult:
-        """Sample a request read by ``model.sample_inputs.load_request``."""
+                       prompt: str | None = None, **overrides: Any) -> SampleResult:
+        """Sample a request read by ``model.sample_inputs.load_request``; ``prompt`` replaces its own (the rephraser's,
+        ``model.rephrase``)."""
         req = loaded.request
         idents = [(img, trk) for img, trk in zip(loaded.images, loaded.tracks)]
-        result = self(req.full_prompt, idents, config, progress=progress, first_frame=first_frame, **overrides)
+        result = self(req.full_prompt if prompt is None else prompt, idents, config, progress=progress, first_frame=first_frame, **overrides)
         result.notes = loaded.notes + result.notes
         return result
 
