@@ -80,10 +80,14 @@ def test_phrases_are_cleaned_and_a_missing_one_still_names_its_concept():
 def test_cli_rephrase_writes_the_prompt_it_used_next_to_the_video(qwen_dir, tmp_path):
     from pipeline.cli import main
 
+    from pipeline.media import load_audio, wav_bytes
+
+    short = tmp_path / "short.wav"
+    short.write_bytes(wav_bytes(load_audio(str(MAN))[: 16000 * 2 // 5]))  # 0.4 s: one window
     out = tmp_path / "one.mp4"
-    rc = main(["sample", "--model", "tiny", "--prompt", "A man talks.", "--ref", str(OBAMA), "--audio", str(MAN),
+    rc = main(["sample", "--model", "tiny", "--prompt", "A man talks.", "--ref", str(OBAMA), "--audio", str(short),
                "--rephrase", str(qwen_dir), "--steps", "1", "--height", "32", "--width", "32", "--ref-size", "16",
-               "--window-frames", "9", "--motion-frames", "1", "--out", str(out)])
+               "--out", str(out)])
     assert rc == 0
     used = out.with_suffix(".prompt.txt").read_text().strip()
     meta = json.loads(out.with_suffix(".json").read_text())
