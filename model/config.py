@@ -34,7 +34,7 @@ WAN_BACKBONE_KEYS = (
     "rope_max_seq_len",
 )
 # Wan keys of the image-to-video variants (Wan2.1 I2V: a CLIP image embedder and image keys/values in every text
-# cross-attention); pos_embed_seq_len is the first-last-frame variant's (FLF2V), which only its "off" value (None) takes.
+# cross-attention); pos_embed_seq_len is the first-last-frame variant's (FLF2V): only its "off" value (None) is taken.
 WAN_I2V_KEYS = ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len")
 # Channels of the first-frame condition concatenated to the noise in image-to-video: a 4-channel mask (one per video
 # frame of a latent frame: 1 where the frame is given) and the VAE latent of [first frame, zeros...].
@@ -199,9 +199,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# Named configs. "tiny" (and "tiny-i2v") are the CPU debug models used by tests; the others match public Wan2.1 checkpoints
-# (Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan-AI/Wan2.1-T2V-14B-Diffusers), with the added modules sized as in
-# MultiTalk's audio projection (32 tokens of 768 per latent frame) and a mask head in the last quarter of the blocks.
+# Named configs. "tiny" (and "tiny-i2v") are the CPU debug models used by tests; the others match public Wan2.1
+# checkpoints (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan-AI/Wan2.1-T2V-14B-Diffusers and, below, the 14B I2V), with the
+# added modules sized as in MultiTalk's audio projection (32 tokens of 768 per latent frame) and a mask head in the last quarter of the blocks.
 CONFIGS: dict[str, InterActHumanConfig] = {
     "tiny": InterActHumanConfig(
         num_attention_heads=2,

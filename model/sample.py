@@ -287,9 +287,9 @@ def resolve_model_source(model: str | Path) -> ModelSource:
 
 
 def random_tiny_model(seed: int = 0, name: str = "tiny"):
-    """The tiny config (or ``tiny-i2v``) with seeded random weights everywhere, including the modules training starts at zero (audio
-    output projections) or at a prior (mask-head bias): so a random model's audio changes the video and its masks
-    cross the 0.5 threshold somewhere, and a demo run exercises routing and the mask overlay."""
+    """The tiny config (or ``tiny-i2v``) with seeded random weights everywhere, including the modules training starts
+    at zero (audio output projections) or at a prior (mask-head bias): so a random model's audio changes the video and
+    its masks cross the 0.5 threshold somewhere, and a demo run exercises routing and the mask overlay."""
     from model.interacthuman import InterActHumanModel
 
     g = torch.Generator().manual_seed(seed)
@@ -528,7 +528,8 @@ class InterActHumanSampler:
         ``model.rephrase``)."""
         req = loaded.request
         idents = [(img, trk) for img, trk in zip(loaded.images, loaded.tracks)]
-        result = self(req.full_prompt if prompt is None else prompt, idents, config, progress=progress, first_frame=first_frame, **overrides)
+        result = self(req.full_prompt if prompt is None else prompt, idents, config, progress=progress,
+                      first_frame=first_frame, **overrides)
         result.notes = loaded.notes + result.notes
         return result
 
@@ -553,20 +554,17 @@ class InterActHumanSampler:
         N = len(images)
         self.check_sizes(cfg, N)
         full_prompt = " ".join(p for p in [prompt.strip(), *[t.strip() for t in texts]] if p)
-        first = None  # image-to-video: the first frame, uint8 [H, W, 3] at the video size
+        first, notes = None, []  # image-to-video: the first frame, uint8 [H, W, 3] at the video size
         if self.config.image_to_video:
             first, note = first_frame_image(first_frame, images, cfg.height, cfg.width)
-            notes_first = [note]
+            notes.append(note)
         elif first_frame is not None:
             raise InputError("first_frame (--first-frame) conditions image-to-video models only (a Wan2.1 I2V "
                              "backbone); this model is text-to-video")
-        else:
-            notes_first = []
 
         total = output_frames(max(len(t) for t in tracks) / AUDIO_RATE, cfg.fps)
         windows = plan_windows(total, cfg.window_frames, cfg.motion_frames)
         padded = max(w.start + w.length for w in windows)
-        notes = notes_first
         if cfg.mask_start_step >= cfg.steps and N > 1:
             notes.append(f"mask_start_step={cfg.mask_start_step} >= steps={cfg.steps}: predicted masks never gate the "
                          f"audio ({cfg.early_audio} audio throughout the first window)")
@@ -909,7 +907,8 @@ def first_frame_image(first_frame: Any, refs: list[np.ndarray], height: int, wid
         canvas = np.full((height, width, 3), 255, np.uint8)
         y, x = (height - h) // 2, (width - w) // 2
         canvas[y : y + h, x : x + w] = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        return canvas, f"first frame: identity {k_text}'s reference on white{' (the default)' if first_frame is None else ''}"
+        default = " (the default)" if first_frame is None else ""
+        return canvas, f"first frame: identity {k_text}'s reference on white{default}"
     img = load_image(str(spec), "--first-frame") if isinstance(spec, (str, Path)) else np.asarray(spec)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise InputError("first frame: the image must be RGB uint8 [H, W, 3]")

@@ -139,8 +139,9 @@ class TrainConfig:
             bad("data/model", str(e))
         if model_config.image_to_video != (self.conditioning == "first_frame"):
             kind = "an image-to-video" if model_config.image_to_video else "a text-to-video"
-            bad("conditioning", f"model {self.model!r} is {kind} model; conditioning {self.conditioning!r} needs "
-                                f"{'an image-to-video (tiny-i2v, wan2.1-i2v-14b)' if self.conditioning == 'first_frame' else 'a text-to-video'} model")
+            need = ("an image-to-video model (tiny-i2v, wan2.1-i2v-14b)" if self.conditioning == "first_frame"
+                    else "a text-to-video model")
+            bad("conditioning", f"model {self.model!r} is {kind} model; conditioning {self.conditioning!r} needs {need}")
 
     def data_config(self):
         from model.data import DataConfig
@@ -182,8 +183,9 @@ def build_model(cfg: TrainConfig) -> Any:
                      if k not in _backbone_keys()}
         model, report = InterActHumanModel.from_wan_pretrained(cfg.wan_dir, **overrides)
         if model.model_config.image_to_video != (cfg.conditioning == "first_frame"):
-            raise ValueError(f"wan_dir {cfg.wan_dir} holds a {'n image' if model.model_config.image_to_video else ' text'}"
-                             f"-to-video Wan2.1 checkpoint, but conditioning is {cfg.conditioning!r}")
+            kind = "an image" if model.model_config.image_to_video else "a text"
+            raise ValueError(f"wan_dir {cfg.wan_dir} holds {kind}-to-video Wan2.1 checkpoint, but conditioning is "
+                             f"{cfg.conditioning!r}")
         print(f"loaded Wan2.1 backbone from {cfg.wan_dir}; newly initialised: {', '.join(report.new_modules)}",
               file=sys.stderr)
         return model
@@ -328,7 +330,7 @@ def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.G
         if "condition" not in batch:
             raise ValueError(f"conditioning 'first_frame': examples {batch['keys'][:2]} carry no first-frame "
                              f"condition (features precomputed for a text-to-video model?)")
-        i2v = {"condition": batch["condition"].to(**to, dtype=dtype), "image_emb": batch["image_emb"].to(**to, dtype=dtype)}
+        i2v = {k: batch[k].to(**to, dtype=dtype) for k in ("condition", "image_emb")}
     out = model(
         latents=xt.to(**to, dtype=dtype), timestep=(t * 1000).to(**to), text_emb=text.to(**to, dtype=dtype),
         ref_latents=batch["ref_latents"].to(**to, dtype=dtype), audio_feats=audio.to(**to, dtype=dtype),
