@@ -348,6 +348,10 @@ examples:
       --ref datasets/samples/images/face_recognition_biden.jpg \\
       --audio datasets/samples/audio/per_speaker/multitalk_multi3_1-woman.wav --out /tmp/out.mp4 --save-masks
   interacthuman sample --model runs/train-stage2-multi --batch prompts.txt --out outputs/
+  interacthuman sample --model tiny-i2v --prompt "a man talks" --first-frame datasets/samples/images/sadtalker_happy.png \\
+      --ref datasets/samples/images/face_recognition_obama.jpg \\
+      --audio datasets/samples/audio/per_speaker/multitalk_multi3_1-man.wav --out /tmp/i2v.mp4
+  interacthuman sample --model runs/train-stage2-multi --rephrase /weights/Qwen2.5-VL-7B-Instruct --spec two.json
 """
 
 
