@@ -16,6 +16,10 @@ An **example** is one window of ``frames`` video frames (1 + 4k, at the clip's f
     phrases        N strings             each identity's appearance phrase from the caption stage ("" if none)
     order          N ints                curated identity index of each slot (identity permutation, below)
     key, window                          lineage
+    condition      [4 + C, F, H/8, W/8]  image-to-video stacks only (``stack.image``): the first-frame condition
+                                         built from the window's own first frame (``VideoVAE.first_frame_condition``:
+                                         frame mask + latent of [first frame, zeros]), as MultiTalk trains on Wan I2V
+    image_emb      [L_img, image_dim]    image-to-video only: CLIP tokens of that first frame
 
 **Identity order carries no information.** Curation numbers identities left to right (``stages/identities.py``).
 :class:`ExampleStream` permutes the identities of every example it yields (references, audio tracks, masks, valid
@@ -226,6 +230,11 @@ def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, A
         audio_feats = stack.audio.encode(torch.from_numpy(w.tracks), cfg.frames)  # [N, T, D]
         ref = torch.stack([_to_tensor(r[None])[:, 0] for r in w.refs])[None]  # [1, N, 3, r, r]
         ref_latents = stack.vae.encode_references(ref)[0]  # [N, C, 1, r/8, r/8]
+        i2v = {}
+        if getattr(stack, "image", None) is not None:  # first-frame conditioning: the window's own first frame
+            first = _to_tensor(w.frames[:1])[None]  # [1, 3, 1, H, W]
+            i2v = {"condition": stack.vae.first_frame_condition(first, cfg.frames)[0],
+                   "image_emb": stack.image.encode(first[:, :, 0])[0]}
         F_lat, h, wd = latents.shape[1], latents.shape[2] // 2, latents.shape[3] // 2
         target = torch.zeros(w.identities, F_lat, h, wd)
         valid = torch.zeros(w.identities, F_lat, dtype=torch.bool)
@@ -237,7 +246,7 @@ def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, A
             "ref_latents": ref_latents, "mask_target": target, "mask_valid": valid,
             "has_audio": torch.tensor(w.has_audio if w.has_audio is not None else [True] * w.identities),
             "has_masks": w.masks is not None, "identities": w.identities, "phrases": phrases[: w.identities],
-            "order": list(range(w.identities)),
+            "order": list(range(w.identities)), **i2v,
         })
     return examples
 
@@ -301,6 +310,13 @@ def collate(examples: list[dict[str, Any]], max_identities: int) -> dict[str, An
         "has_masks": torch.tensor([bool(e["has_masks"]) for e in examples]),
         "keys": [f"{e['key']}-w{e['window']}" for e in examples],
     }
+    for k in ("condition", "image_emb"):  # image-to-video examples: all or none of a batch
+        have = sum(k in e for e in examples)
+        if have not in (0, len(examples)):
+            raise ValueError(f"{k}: {have} of {len(examples)} examples have it (mixed text- and image-to-video "
+                             f"features; precompute them again for one model)")
+        if have:
+            out[k] = torch.stack([e[k] for e in examples])
     return out
 
 
