@@ -264,3 +264,30 @@ def test_the_mask_head_learns_both_masks_of_a_person_and_an_object():
     assert res["iou"][1] >= res["all_ones_iou"][1] + OBJECT_MARGIN_SLOW, res  # the object
     assert res["iou"][0] >= res["all_ones_iou"][0] + PERSON_MARGIN_SLOW, res  # the person (its mask is supervised
     # only in the gate-free half of the samples, the object's in all)
+
+
+def test_cli_samples_a_person_an_object_and_a_first_frame_together(tmp_path):
+    """Issue 14's three additions in one command on tiny models: a person with audio, an object without audio, and
+    a first frame conditioning an image-to-video backbone."""
+    import json
+
+    import numpy as np
+
+    from pipeline.cli import main
+    from pipeline.media import load_audio, wav_bytes
+    from tests.conftest import SAMPLES
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes(load_audio(str(SAMPLES / "audio" / "speech" / "whisper_jfk_16k_mono.wav"))[:16000]))
+    out = tmp_path / "all.mp4"
+    rc = main(["sample", "--model", "tiny-i2v", "--prompt", "a man holds a photo",
+               "--ref", str(SAMPLES / "images" / "face_recognition_obama.jpg"), "--audio", str(wav),
+               "--ref", str(SAMPLES / "images" / "sadtalker_happy.png"),
+               "--first-frame", str(SAMPLES / "images" / "face_recognition_biden.jpg"),
+               "--steps", "1", "--height", "32", "--width", "32", "--ref-size", "16", "--out", str(out),
+               "--save-masks"])
+    assert rc == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert [i["audio"] is None for i in meta["request"]["identities"]] == [False, True]
+    assert any("face_recognition_biden.jpg" in n for n in meta["notes"])
+    assert np.load(out.with_name("all.masks.npz"))["masks"].shape[0] == 2
