@@ -15,7 +15,8 @@ Keeping the cluster out of the calling process means:
   it) and checks that none survive: a failed test leaks nothing.
 
 A driver joins it with ``--address`` (:attr:`LocalCluster.address`) and :meth:`LocalCluster.env` (the same Ray temp
-directory).
+directory); :meth:`LocalCluster.curate` runs ``interacthuman curate`` that way. Used by ``tests/pipeline/test_cluster.py``
+and ``bench/scaling.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,6 +109,39 @@ class LocalCluster:
         ``pid`` (the worker process) and ``node`` (its worker node's index; None: the head, or a process already
         gone); and ``ledger_node``, the worker node that holds the ledger actor itself (None: the head, or no job)."""
         return self._command("inflight")
+
+    def curate(self, recipe: str | Path, log: Path, tick: Callable[[], None] = lambda: None,
+               timeout: float = 600) -> int:
+        """Run ``interacthuman curate RECIPE --address`` this cluster as a driver process of its own session, its
+        output appended to ``log``, calling ``tick()`` about ten times a second while it runs; returns its exit
+        status. The driver is SIGKILLed, with whatever it started, if it outlives ``timeout``."""
+        from pipeline.faults import session_pids
+
+        env = dict(os.environ, **self.env(),
+                   PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        env.pop("RAY_ADDRESS", None)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "curate", str(recipe), "--address",
+                                     self.address], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        deadline = time.time() + timeout
+        try:
+            while proc.poll() is None and time.time() < deadline:
+                tick()
+                time.sleep(0.1)
+        finally:
+            for _ in range(50):
+                pids = session_pids(proc.pid)
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+            proc.wait()
+        return proc.returncode
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -1,24 +1,19 @@
 """Curation on a local multi-node Ray cluster (a head with 0 CPUs, two worker nodes): several actors per CPU stage,
 the package versions of every node in run.json, and a worker node lost mid-run.
 
-The driver runs as ``python -m pipeline.cli curate RECIPE --address ADDR`` in a process of its own (this pytest
-process already holds a local Ray); the cluster lives in a process of its own too (``tests/cluster_tools.py``), and
-both are killed whole at the end of each test. The run's ledger (:mod:`pipeline.attempts`) is polled
+The driver runs as ``python -m pipeline.cli curate RECIPE --address ADDR`` in a process of its own
+(:meth:`LocalCluster.curate`: this pytest process already holds the session's local Ray, ``ray_local``); the cluster
+lives in a process of its own too, with its own Ray temp directory (``tests/cluster_tools.py``), so the two never
+meet, and both are killed whole at the end. The run's ledger (:mod:`pipeline.attempts`) is polled
 while the run goes: which process, on which node, works on which unit in which stage.
 """
 
 from __future__ import annotations
 
-import collections
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -27,7 +22,7 @@ from pipeline.recipe import load_recipe
 from pipeline.run import curate
 from pipeline.shards import iter_samples
 from tests.cluster_tools import LocalCluster
-from tests.conftest import ROOT, sample, write_recipe
+from tests.conftest import sample, write_recipe
 
 # Six of the sample videos, 54 s in all: the ones whose decode is cheapest (faces, a film, a 3-shot source).
 SOURCES = ["moviepy_chaplin.mp4", "pyscenedetect_goldeneye-vfr-drop3.mp4", "infinitetalk_ref_video.mp4",
@@ -81,41 +76,6 @@ class LedgerWatch:
         return [(u["unit"], u["stage"], u["pid"]) for u in self.now if u["node"] == node]
 
 
-def _curate(recipe: Path, run_dir: Path, cluster: LocalCluster, tick: Callable[[Path], None] = lambda d: None,
-            timeout: float = 300) -> int:
-    """Run the driver against ``cluster`` in a session of its own, calling ``tick(run_dir)`` while it runs; returns
-    its exit status. The driver is SIGKILLed (with whatever it started) if it outlives ``timeout``."""
-    from pipeline.faults import session_pids
-
-    log = run_dir.parent / f"{run_dir.name}-driver.log"
-    env = dict(os.environ, **cluster.env())
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "curate", str(recipe), "--address",
-                                 cluster.address], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.time() + timeout
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            tick(run_dir)
-            time.sleep(0.1)
-    finally:
-        for _ in range(50):
-            pids = session_pids(proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
-        proc.wait()
-    assert proc.returncode == 0, f"curate exited {proc.returncode}; its output ends:\n" + \
-        log.read_text(errors="replace")[-4000:]
-    return proc.returncode
-
-
 def _keys(run_dir: Path) -> list[str]:
     return [s.key for s in iter_samples(committed_shards(run_dir))]
 
@@ -156,7 +116,9 @@ def lost_node_run(sources, tmp_path_factory) -> dict[str, Any]:
                 cluster.remove_node(lose)
                 removed.update(node=lose, busy=busy, committed=len(committed))
 
-        _curate(recipe, run_dir, cluster, tick)
+        rc = cluster.curate(recipe, run_dir.parent / "driver.log", lambda: tick(run_dir))
+        assert rc == 0, f"curate exited {rc}; its output ends:\n" + \
+            (run_dir.parent / "driver.log").read_text(errors="replace")[-4000:]
     return {"run_dir": run_dir, "recipe": recipe, "watch": watch, "nodes": nodes, "removed": removed,
             "keys": _keys(run_dir)}
 
