@@ -23,16 +23,21 @@ The 16-core goal of issue 11 (1 against 8 worker nodes, at least 6x):
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
+import os  # noqa: I001
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
 
-import yaml
+# This file's directory leaves the path first: bench/select.py would shadow the standard library's select module.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -1,11 +1,12 @@
 """A local multi-node Ray cluster for tests and benchmarks, held by a process of its own.
 
-``LocalCluster(workers=[1.0, 1.0])`` starts ``python -m tests.cluster_tools`` in a new session with its own Ray temp
-directory. That process builds a :class:`ray.cluster_utils.Cluster`: a head with no CPUs (as on a real cluster, the
-head only runs Ray's control plane and the driver) and one worker node per entry of ``workers`` (its logical CPUs),
-then takes commands on its stdin (``add CPUS``, ``remove INDEX``, ``inflight``, ``quit``) and answers each with a JSON
-line. ``inflight`` asks the running curate job's ledger (:mod:`pipeline.attempts`; the cluster process joins its own
-cluster as a second driver for that) which units are being worked on now, by which process, on which worker node.
+``LocalCluster(workers=[1.0, 1.0], node_env={1: {...}})`` starts ``python -m tests.cluster_tools`` in a new session
+with its own Ray temp directory. That process builds a :class:`ray.cluster_utils.Cluster`: a head with no CPUs (as on
+a real cluster, the head only runs Ray's control plane and the driver) and one worker node per entry of ``workers``
+(its logical CPUs; ``node_env``: environment variables of a node's raylet, which its workers inherit), then takes
+commands on its stdin (``add CPUS``, ``remove INDEX``, ``inflight``, ``quit``) and answers each with a JSON line.
+``inflight`` asks the running curate job's ledger (:mod:`pipeline.attempts`; the cluster process joins its own cluster
+as a second driver for that) which units are being worked on now, by which process, on which worker node.
 Keeping the cluster out of the calling process means:
 
 * nothing of it enters the caller's Ray state (pytest already holds a session-wide local Ray, ``tests/conftest.py``);
@@ -44,7 +45,8 @@ OBJECT_STORE_BYTES = 300 * 1024 * 1024  # per node
 class LocalCluster:
     """A Ray cluster of one 0-CPU head and ``workers`` worker nodes on this machine (see the module docstring)."""
 
-    def __init__(self, workers: list[int], head_cpus: float = 0, timeout: float = 120):
+    def __init__(self, workers: list[float], head_cpus: float = 0, timeout: float = 120,
+                 node_env: dict[int, dict[str, str]] | None = None):
         from pipeline.faults import session_pids
 
         self._session_pids = session_pids
@@ -53,7 +55,8 @@ class LocalCluster:
                    PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
         env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster_tools", json.dumps({"workers": workers, "head_cpus": head_cpus})],
+            [sys.executable, "-m", "tests.cluster_tools", json.dumps({"workers": workers, "head_cpus": head_cpus,
+                                                      "env": {str(k): v for k, v in (node_env or {}).items()}})],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(Path(self.tmp) / "log", "w"),
             text=True, start_new_session=True)
         try:
@@ -107,7 +110,8 @@ class LocalCluster:
         """What the ledger of a curate job running on this cluster holds (nothing when no job runs): ``units``, the
         units being worked on now and those whose worker died in this run, one entry per unit: ``unit``, ``stage``,
         ``pid`` (the worker process) and ``node`` (its worker node's index; None: the head, or a process already
-        gone); and ``ledger_node``, the worker node that holds the ledger actor itself (None: the head, or no job)."""
+        gone); and ``ledger_node``, the node that holds the ledger actor itself (a worker node's index, ``"head"``,
+        or None: no job runs)."""
         return self._command("inflight")
 
     def curate(self, recipe: str | Path, log: Path, tick: Callable[[], None] = lambda: None,
@@ -194,8 +198,8 @@ def _serve(spec: dict[str, Any]) -> None:
                       head_node_args={"num_cpus": spec["head_cpus"], "object_store_memory": OBJECT_STORE_BYTES,
                                       "include_dashboard": False, "_system_config": HEAD_SYSTEM_CONFIG})
 
-    def add(cpus: int) -> dict[str, Any]:
-        node = cluster.add_node(num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES)
+    def add(cpus: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+        node = cluster.add_node(num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, env_vars=env)
         index = max(nodes, default=-1) + 1
         nodes[index] = node
         raylet = node.all_processes["raylet"][0].process.pid
@@ -203,7 +207,7 @@ def _serve(spec: dict[str, Any]) -> None:
         return {"index": index, "node_id": node.node_id, "cpus": cpus, "raylet_pid": raylet}
 
     try:
-        infos = [add(c) for c in spec["workers"]]
+        infos = [add(c, spec["env"].get(str(i))) for i, c in enumerate(spec["workers"])]
         cluster.wait_for_nodes()
         reply({"address": cluster.address, "nodes": infos})
         for line in sys.stdin:
@@ -217,7 +221,7 @@ def _serve(spec: dict[str, Any]) -> None:
                     cluster.remove_node(nodes.pop(int(arg)), allow_graceful=False)
                     reply({"removed": int(arg)})
                 elif cmd == "inflight":
-                    reply(_inflight(cluster, raylets))
+                    reply(_inflight(cluster, raylets, cluster.head_node.all_processes["raylet"][0].process.pid))
                 elif cmd == "quit":
                     break
                 else:
@@ -245,7 +249,7 @@ def _node_of(pid: int, raylets: dict[int, int]) -> int | None:
     return None
 
 
-def _inflight(cluster: Any, raylets: dict[int, int]) -> dict[str, Any]:
+def _inflight(cluster: Any, raylets: dict[int, int], head_raylet: int) -> dict[str, Any]:
     """What the ledger of the running curate job holds (see :class:`pipeline.attempts.Ledger`), and where it runs."""
     import psutil
     import ray
@@ -268,8 +272,8 @@ def _inflight(cluster: Any, raylets: dict[int, int]) -> dict[str, Any]:
             line = d["line"]
             out.append({"unit": unit, "stage": line["stage"], "pid": int(line["pid"]),
                         "node": _node_of(int(line["pid"]), raylets)})
-    ledger_node = None
-    for raylet, index in raylets.items():  # Ray titles an actor's process after its class: "ray::Ledger..."
+    ledger_node: int | str | None = None
+    for raylet, index in [*raylets.items(), (head_raylet, "head")]:  # an actor's process title: "ray::Ledger..."
         try:
             if any(p.name().startswith("ray::Ledger") for p in psutil.Process(raylet).children(recursive=True)):
                 ledger_node = index

@@ -11,6 +11,7 @@ while the run goes: which process, on which node, works on which unit in which s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pipeline.recipe import load_recipe
 from pipeline.run import curate
 from pipeline.shards import iter_samples
 from tests.cluster_tools import LocalCluster
-from tests.conftest import sample, write_recipe
+from tests.conftest import ROOT, sample, write_recipe
 
 # Six of the sample videos, 54 s in all: the ones whose decode is cheapest (faces, a film, a 3-shot source).
 SOURCES = ["moviepy_chaplin.mp4", "pyscenedetect_goldeneye-vfr-drop3.mp4", "infinitetalk_ref_video.mp4",
@@ -65,11 +66,14 @@ class LedgerWatch:
     def __init__(self, cluster: LocalCluster):
         self.cluster = cluster
         self.now: list[dict[str, Any]] = []  # the last answer
-        self.ledger_node: int | None = None
+        self.ledger_node: int | str | None = None
+        self.ledger_seen: set[int | str] = set()  # every node the ledger was seen on
 
     def poll(self) -> None:
         got = self.cluster.inflight()
         self.now, self.ledger_node = got["units"], got["ledger_node"]
+        if self.ledger_node is not None:
+            self.ledger_seen.add(self.ledger_node)
 
     def busy_on(self, node: int) -> list[tuple[str, str, int]]:
         """Units that processes of worker node ``node`` work on now."""
@@ -89,6 +93,22 @@ def clean_keys(ray_local, sources, tmp_path_factory) -> list[str]:
     return sorted(_keys(tmp / "run"))
 
 
+STALE = "0.1.0+stale"
+
+
+def stale_node_env(tmp: Path) -> dict[str, str]:
+    """The environment of a worker node whose image is older than the driver's checkout: its Python finds package
+    metadata that says ``interacthuman`` is at version :data:`STALE` (the code itself still comes with the job)."""
+    from pipeline.run import package_versions
+
+    meta = tmp / "stale-site" / f"interacthuman-{STALE}.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: interacthuman\nVersion: {STALE}\n")
+    assert package_versions()["interacthuman"] != STALE
+    return {"PYTHONPATH": os.pathsep.join([str(meta.parent), str(ROOT)]
+                                          + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+
+
 @pytest.fixture(scope="module")
 def lost_node_run(sources, tmp_path_factory) -> dict[str, Any]:
     """A run on a head with 0 CPUs and two worker nodes, during which worker node 1 is killed (its raylet and every
@@ -97,7 +117,7 @@ def lost_node_run(sources, tmp_path_factory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("cluster-run")
     run_dir = tmp / "run"
     recipe = _recipe(tmp, sources, run_dir)
-    with LocalCluster([NODE_CPUS, NODE_CPUS]) as cluster:
+    with LocalCluster([NODE_CPUS, NODE_CPUS], node_env={1: stale_node_env(tmp)}) as cluster:
         nodes = list(cluster.nodes)
         watch = LedgerWatch(cluster)
         removed: dict[str, Any] = {}
@@ -110,7 +130,7 @@ def lost_node_run(sources, tmp_path_factory) -> dict[str, Any]:
                          if r["kind"] == "unit" and r["status"] == "done"]
             # The node to lose: node 1, or the one that holds the run's ledger if a worker node does (the engine
             # keeps it on the driver's node; a ledger on a lost node would take every unit's record with it).
-            lose = 1 if watch.ledger_node is None else watch.ledger_node
+            lose = watch.ledger_node if isinstance(watch.ledger_node, int) else 1
             busy = watch.busy_on(lose)
             if committed and busy:
                 cluster.remove_node(lose)
@@ -136,14 +156,27 @@ def test_cluster_run_spreads_every_cpu_stage_over_several_actors_on_both_nodes(l
 
 
 def test_cluster_run_records_the_package_versions_of_every_node(lost_node_run):
+    """Each node answered for itself: the head and node 0 have the driver's versions; node 1, whose Python sees an
+    older interacthuman, is recorded with it, and the driver warned about it."""
     from pipeline.run import package_versions
 
-    nodes = json.loads((lost_node_run["run_dir"] / "run.json").read_text())["nodes"]
-    assert len(nodes) == 3  # the head and the two worker nodes, each answered by a task that ran on it
-    assert {n["node_id"] for n in lost_node_run["nodes"]} < {n["node_id"] for n in nodes}
-    for n in nodes:
-        assert n["versions"] == package_versions() and n["differs"] == {}, n
-    assert sorted(n["resources"].get("CPU", 0) for n in nodes) == [0, NODE_CPUS, NODE_CPUS]
+    mine = package_versions()
+    nodes = {n["node_id"]: n for n in json.loads((lost_node_run["run_dir"] / "run.json").read_text())["nodes"]}
+    assert len(nodes) == 3, nodes  # the head and the two worker nodes
+    workers = {n["index"]: nodes[n["node_id"]] for n in lost_node_run["nodes"]}
+    (head,) = [n for i, n in nodes.items() if i not in {w["node_id"] for w in lost_node_run["nodes"]}]
+    for n in (head, workers[0]):
+        assert n["versions"] == mine and n["differs"] == {}, n
+    assert workers[1]["versions"] == {**mine, "interacthuman": STALE}
+    assert workers[1]["differs"] == {"interacthuman": [mine["interacthuman"], STALE]}
+    assert sorted(n["resources"].get("CPU", 0) for n in nodes.values()) == [0, NODE_CPUS, NODE_CPUS]
+    log = (lost_node_run["run_dir"].parent / "driver.log").read_text()
+    assert f"interacthuman {mine['interacthuman']} here, {STALE} there" in log
+
+
+def test_the_runs_ledger_lives_on_the_head(lost_node_run):
+    """The attempt ledger sits on the driver's node (here the head), never on a worker node that may be lost."""
+    assert lost_node_run["watch"].ledger_seen == {"head"}
 
 
 def test_worker_node_lost_mid_run_then_rerun_gives_the_clean_keys_once(lost_node_run, clean_keys):
