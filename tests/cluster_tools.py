@@ -110,8 +110,8 @@ class LocalCluster:
         """What the ledger of a curate job running on this cluster holds (nothing when no job runs): ``units``, the
         units being worked on now and those whose worker died in this run, one entry per unit: ``unit``, ``stage``,
         ``pid`` (the worker process) and ``node`` (its worker node's index; None: the head, or a process already
-        gone); and ``ledger_node``, the node that holds the ledger actor itself (a worker node's index, ``"head"``,
-        or None: no job runs)."""
+        gone); ``ledger_nodes``, the node of each ledger actor alive on the cluster (a worker node's index or
+        ``"head"``), and ``ledger_node``, the first of them (None: no job runs)."""
         return self._command("inflight")
 
     def curate(self, recipe: str | Path, log: Path, tick: Callable[[], None] = lambda: None,
@@ -272,14 +272,14 @@ def _inflight(cluster: Any, raylets: dict[int, int], head_raylet: int) -> dict[s
             line = d["line"]
             out.append({"unit": unit, "stage": line["stage"], "pid": int(line["pid"]),
                         "node": _node_of(int(line["pid"]), raylets)})
-    ledger_node: int | str | None = None
+    ledger_nodes: list[int | str] = []
     for raylet, index in [*raylets.items(), (head_raylet, "head")]:  # an actor's process title: "ray::Ledger..."
         try:
-            if any(p.name().startswith("ray::Ledger") for p in psutil.Process(raylet).children(recursive=True)):
-                ledger_node = index
+            ledger_nodes += [index for p in psutil.Process(raylet).children(recursive=True)
+                             if p.name().startswith("ray::Ledger")]
         except psutil.NoSuchProcess:
             pass
-    return {"units": out, "ledger_node": ledger_node}
+    return {"units": out, "ledger_node": ledger_nodes[0] if ledger_nodes else None, "ledger_nodes": ledger_nodes}
 
 
 if __name__ == "__main__":

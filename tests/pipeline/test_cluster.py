@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,36 @@ def stale_node_env(tmp: Path) -> dict[str, str]:
                                           + [p for p in [os.environ.get("PYTHONPATH")] if p])}
 
 
+LEDGERS = """
+import sys, ray
+from pipeline.attempts import start_ledger
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+ledgers = [start_ledger(f"placement-{i}") for i in range(8)]
+ray.get([x.report.remote() for x in ledgers])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _ledgers_started_by_a_driver(cluster: LocalCluster) -> list[int | str]:
+    """The nodes of eight ledgers that a driver on this machine (joined to the head, as curate's) starts: one
+    ledger could land on the head by chance, eight cannot."""
+    env = dict(os.environ, **cluster.env(),
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, "-c", LEDGERS, cluster.address], cwd=ROOT, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == "ready", "the driver that starts the ledgers failed"
+        return cluster.inflight()["ledger_nodes"]
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def lost_node_run(sources, tmp_path_factory) -> dict[str, Any]:
     """A run on a head with 0 CPUs and two worker nodes, during which worker node 1 is killed (its raylet and every
@@ -139,7 +171,9 @@ def lost_node_run(sources, tmp_path_factory) -> dict[str, Any]:
         rc = cluster.curate(recipe, run_dir.parent / "driver.log", lambda: tick(run_dir))
         assert rc == 0, f"curate exited {rc}; its output ends:\n" + \
             (run_dir.parent / "driver.log").read_text(errors="replace")[-4000:]
+        ledger_nodes = _ledgers_started_by_a_driver(cluster)
     return {"run_dir": run_dir, "recipe": recipe, "watch": watch, "nodes": nodes, "removed": removed,
+            "ledger_nodes": ledger_nodes,
             "keys": _keys(run_dir)}
 
 
@@ -175,8 +209,10 @@ def test_cluster_run_records_the_package_versions_of_every_node(lost_node_run):
 
 
 def test_the_runs_ledger_lives_on_the_head(lost_node_run):
-    """The attempt ledger sits on the driver's node (here the head), never on a worker node that may be lost."""
+    """The attempt ledger sits on the driver's node (here the head), never on a worker node that may be lost: the
+    run's own, while it ran, and each of eight started by another driver."""
     assert lost_node_run["watch"].ledger_seen == {"head"}
+    assert lost_node_run["ledger_nodes"] == ["head"] * 8
 
 
 def test_worker_node_lost_mid_run_then_rerun_gives_the_clean_keys_once(lost_node_run, clean_keys):
