@@ -17,8 +17,10 @@ Without ``--recipe``: a light recipe (quality and motion stages, 144p ultrafast 
 ``datasets/recipes/default.yaml`` on a big machine. ``--copies K`` curates K remuxed copies of each source (the same
 frames in a container with other metadata: other bytes, so other keys), enough work for many nodes.
 
-The 16-core goal of issue 11 (1 against 8 worker nodes, at least 6x):
-``nice .venv/bin/python bench/scaling.py --nodes 1 8 --cpus-per-node 2 --copies 8 --recipe datasets/recipes/default.yaml``
+The 16-core goal of issue 11 (1 against 8 worker nodes, at least 6x)::
+
+    nice .venv/bin/python bench/scaling.py --nodes 1 8 --cpus-per-node 2 --copies 8 \
+        --recipe datasets/recipes/default.yaml
 """
 
 from __future__ import annotations

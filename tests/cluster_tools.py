@@ -16,8 +16,8 @@ Keeping the cluster out of the calling process means:
   it) and checks that none survive: a failed test leaks nothing.
 
 A driver joins it with ``--address`` (:attr:`LocalCluster.address`) and :meth:`LocalCluster.env` (the same Ray temp
-directory); :meth:`LocalCluster.curate` runs ``interacthuman curate`` that way. Used by ``tests/pipeline/test_cluster.py``
-and ``bench/scaling.py``.
+directory); :meth:`LocalCluster.curate` runs ``interacthuman curate`` that way. Used by
+``tests/pipeline/test_cluster.py`` and ``bench/scaling.py``.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ SOURCES = ["moviepy_chaplin.mp4", "pyscenedetect_goldeneye-vfr-drop3.mp4", "infi
            "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4", "videoretalking_face1.mp4", "videoretalking_face2.mp4"]
 # Every CPU operator of the recipe below and what each of its two actors asks for.
 CPU_OPERATORS = {"extract": 0.5, "quality": 0.25, "encode": 0.5}
-# Logical CPUs of each worker node: one node holds every pool (3 CPUs) and the probe and write tasks, so the run can
+# Logical CPUs of each worker node: one node holds every pool (2.5 CPUs) and the probe and write tasks, so the run can
 # finish on the node that is left. (With 2, the actors of the lost node restart into the last free CPUs and the write
 # tasks wait for a CPU forever: a fixed-size cluster must keep room for its pools' minimum after losing a node.)
 NODE_CPUS = 4
@@ -47,8 +47,9 @@ def sources(tmp_path_factory) -> Path:
 
 
 def _recipe(tmp: Path, sources: Path, out: Path, cluster: bool = True) -> Path:
-    """Two CPU stages, each its own operator; one clip per unit and windows of 8 s, so the 54 s of video become
-    about thirty units (and sources of 10-15 s two windows each) that spread over the actors; small clips.
+    """One CPU stage (quality) beside extract and encode, each its own operator with two actors; one clip per unit
+    and windows of 8 s, so the 54 s of video become 16 units (and sources of 10-15 s two windows each) that spread
+    over the actors; small clips.
     ``cluster=False``: the same content (same fingerprint) with the engine's own pool sizes, for a local run."""
     run: dict[str, Any] = {"clips_per_unit": 1, "max_attempts": 3}
     if cluster:
