@@ -33,8 +33,12 @@ WAN_BACKBONE_KEYS = (
     "eps",
     "rope_max_seq_len",
 )
-# Wan keys for the image-to-video variants; only their "off" value (None) is accepted.
+# Wan keys of the image-to-video variants (Wan2.1 I2V: a CLIP image embedder and image keys/values in every text
+# cross-attention); pos_embed_seq_len is the first-last-frame variant's (FLF2V): only its "off" value (None) is taken.
 WAN_I2V_KEYS = ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len")
+# Channels of the first-frame condition concatenated to the noise in image-to-video: a 4-channel mask (one per video
+# frame of a latent frame: 1 where the frame is given) and the VAE latent of [first frame, zeros...].
+I2V_MASK_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class InterActHumanConfig:
     qk_norm: str | None = "rms_norm_across_heads"
     eps: float = 1e-6
     rope_max_seq_len: int = 1024  # positions per RoPE axis; video frames + identities must fit
+    # image-to-video (Wan2.1 I2V): both None for text-to-video; with them in_channels = 2 * out_channels + 4
+    image_dim: int | None = None  # CLIP image-encoder hidden size (ViT-H/14: 1280): the image embedder's input
+    added_kv_proj_dim: int | None = None  # input size of the image keys/values in each cross-attention (Wan: dim)
     # --- audio path (new) ---
     audio_dim: int = 768  # per-video-frame audio feature size from the audio encoder (wav2vec2-base: 768)
     audio_context: int = 2  # extra video frames each side of a latent frame's 4 frames: window = 4 + 2 * context
@@ -105,6 +112,22 @@ class InterActHumanConfig:
                              f"{self.attention_head_dim}, got {self.audio_attn_dim!r}")
         if not _is_int(self.audio_context) or self.audio_context < 0:
             raise ValueError(f"audio_context: expected an int >= 0, got {self.audio_context!r}")
+        if (self.image_dim is None) != (self.added_kv_proj_dim is None):
+            raise ValueError(f"image_dim and added_kv_proj_dim: set both (image-to-video) or neither, got "
+                             f"image_dim={self.image_dim!r}, added_kv_proj_dim={self.added_kv_proj_dim!r}")
+        for name in ("image_dim", "added_kv_proj_dim"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"{name}: expected None or a positive int, got {value!r}")
+        if self.image_dim is not None and self.added_kv_proj_dim != self.dim:
+            raise ValueError(f"added_kv_proj_dim: Wan's image embedder projects to the model dim "
+                             f"{self.dim}, got {self.added_kv_proj_dim}")
+        expected_in = 2 * self.out_channels + I2V_MASK_CHANNELS if self.image_dim is not None else self.out_channels
+        if self.in_channels != expected_in:
+            mode = ("image-to-video: noise + 4 mask channels + first-frame latent" if self.image_dim is not None
+                    else "text-to-video: the noise alone")
+            raise ValueError(f"in_channels: {mode} gives {expected_in} for out_channels={self.out_channels}, "
+                             f"got {self.in_channels}")
         if not isinstance(self.cross_attn_norm, bool):
             raise ValueError(f"cross_attn_norm: expected a bool, got {self.cross_attn_norm!r}")
         if self.qk_norm not in QK_NORMS:
@@ -137,6 +160,16 @@ class InterActHumanConfig:
         return self.num_attention_heads * self.attention_head_dim
 
     @property
+    def image_to_video(self) -> bool:
+        """First-frame conditioning (a Wan2.1 I2V backbone): CLIP image tokens and the 36-channel input."""
+        return self.image_dim is not None
+
+    @property
+    def latent_channels(self) -> int:
+        """VAE latent channels (the noise, the velocity, the references); in_channels adds the I2V condition."""
+        return self.out_channels
+
+    @property
     def audio_window(self) -> int:
         """Video frames of audio features one latent frame sees."""
         return 4 + 2 * self.audio_context
@@ -166,9 +199,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# Named configs. "tiny" is the CPU debug model used by tests; the other two match the public Wan2.1 T2V checkpoints
-# (Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan-AI/Wan2.1-T2V-14B-Diffusers), with the added modules sized as in
-# MultiTalk's audio projection (32 tokens of 768 per latent frame) and a mask head in the last quarter of the blocks.
+# Named configs. "tiny" (and "tiny-i2v") are the CPU debug models used by tests; the others match public Wan2.1
+# checkpoints (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan-AI/Wan2.1-T2V-14B-Diffusers and, below, the 14B I2V), with the
+# added modules sized as in MultiTalk's audio projection (32 tokens of 768 per latent frame) and a mask head in the last quarter of the blocks.
 CONFIGS: dict[str, InterActHumanConfig] = {
     "tiny": InterActHumanConfig(
         num_attention_heads=2,
@@ -206,7 +239,23 @@ CONFIGS: dict[str, InterActHumanConfig] = {
         mask_head_blocks=10,
         flow_shift=5.0,
     ),
+    # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers and -720P-Diffusers (the same transformer config): the 14B backbone with
+    # CLIP ViT-H/14 image tokens (1280) and the 36-channel input; MultiTalk is built on the 480P one (shift 3.0 at
+    # 480p, as the T2V configs).
+    "wan2.1-i2v-14b": InterActHumanConfig(
+        num_attention_heads=40,
+        attention_head_dim=128,
+        in_channels=36,
+        ffn_dim=13824,
+        num_layers=40,
+        image_dim=1280,
+        added_kv_proj_dim=5120,
+        mask_head_blocks=10,
+        flow_shift=3.0,
+    ),
 }
+# The tiny debug model in its image-to-video form: 4 + 4 + 4 input channels, 8-d image tokens.
+CONFIGS["tiny-i2v"] = CONFIGS["tiny"].replace(in_channels=12, image_dim=8, added_kv_proj_dim=32)
 
 
 def get_config(name: str, **overrides: Any) -> InterActHumanConfig:

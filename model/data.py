@@ -10,10 +10,16 @@ An **example** is one window of ``frames`` video frames (1 + 4k, at the clip's f
     ref_latents    [N, C, 1, r/8, r/8]   VAE latents of each identity's reference crop (augmented: head, body, clothes)
     mask_target    [N, F, h, w]          token-grid mask targets (``model.losses.mask_targets``), zeros when absent
     mask_valid     [N, F]                False where the mask is unknown or flagged invalid
+    has_audio      [N] bool              False for a concept without audio (``kind: object`` in the shard json): the
+                                         model gives it no audio path (``audio_present``); its track is zeros
     has_masks      bool                  the sample carried masks.npz
     phrases        N strings             each identity's appearance phrase from the caption stage ("" if none)
     order          N ints                curated identity index of each slot (identity permutation, below)
     key, window                          lineage
+    condition      [4 + C, F, H/8, W/8]  image-to-video stacks only (``stack.image``): the first-frame condition
+                                         built from the window's own first frame (``VideoVAE.first_frame_condition``:
+                                         frame mask + latent of [first frame, zeros]), as MultiTalk trains on Wan I2V
+    image_emb      [L_img, image_dim]    image-to-video only: CLIP tokens of that first frame
 
 **Identity order carries no information.** Curation numbers identities left to right (``stages/identities.py``).
 :class:`ExampleStream` permutes the identities of every example it yields (references, audio tracks, masks, valid
@@ -117,15 +123,25 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
+def identity_kinds(meta: dict[str, Any], n: int) -> list[str]:
+    """``kind`` of the first ``n`` identities of a shard json: ``person`` or ``object`` (shards written before
+    objects existed have no ``kind``: every identity is a person)."""
+    idents = meta.get("identities") or []
+    return [str((idents[i] if i < len(idents) else {}).get("kind") or "person") for i in range(n)]
+
+
 def identity_audio(audio: np.ndarray, n: int, meta: dict[str, Any], rate: int = 16000) -> np.ndarray:
     """Per-identity tracks [N, S]: identity i hears the clip audio inside its speaking intervals, silence elsewhere.
-    With one identity, or no speaking intervals recorded, every identity gets the whole track (global audio)."""
+    With one person, or no speaking intervals recorded, every person gets the whole track (global audio). Objects
+    (``kind: object``) get silence: they have no audio (and the model gives them no audio path)."""
     idents = meta.get("identities") or []
-    spans = [ident.get("speaking") for ident in idents[:n]]
-    if n <= 1 or not any(spans):
-        return np.repeat(audio[None], n, axis=0)
+    people = [i for i, k in enumerate(identity_kinds(meta, n)) if k != "object"]
+    spans = [(idents[i] if i < len(idents) else {}).get("speaking") for i in people]
     out = np.zeros((n, len(audio)), np.float32)
-    for i, sp in enumerate(spans):
+    if len(people) <= 1 or not any(spans):
+        out[people] = audio[None]
+        return out
+    for i, sp in zip(people, spans):
         for s, e in sp or []:
             a, b = max(0, int(s * rate)), min(len(audio), int(e * rate))
             out[i, a:b] = audio[a:b]
@@ -152,6 +168,7 @@ class WindowInputs:
     masks: np.ndarray | None  # float32 [N, T, h, w] pixel masks on the window's frames (cropped like the frames)
     mask_valid: np.ndarray | None  # bool [N, T]
     identities: int
+    has_audio: list[bool] | None = None  # per identity: False for objects (None: all have audio)
 
 
 def window_inputs(sample: Any, start: int, window: int, cfg: DataConfig) -> WindowInputs:
@@ -172,10 +189,12 @@ def window_inputs(sample: Any, start: int, window: int, cfg: DataConfig) -> Wind
     got = sample.audio[a0:a1]
     seg[: len(got)] = got
     shifted = {"identities": [
-        {"speaking": [[s - start / fps, e - start / fps] for s, e in ident.get("speaking", [])]}
+        {"speaking": [[s - start / fps, e - start / fps] for s, e in ident.get("speaking", [])],
+         "kind": ident.get("kind", "person")}
         for ident in meta.get("identities", [])
     ]}
     tracks = identity_audio(seg, n, shifted)
+    has_audio = [k != "object" for k in identity_kinds(meta, n)]
     # references: the sample's crops, augmented; without crops, a frame of the window itself
     if refs:
         ref_imgs = [augment_reference(r, rng.choice(("head", "body", "clothes")), cfg.ref_size) for r in refs[:n]]
@@ -194,7 +213,7 @@ def window_inputs(sample: Any, start: int, window: int, cfg: DataConfig) -> Wind
         mx0, mx1 = int(x0 * mw / Wc), max(int(x0 * mw / Wc) + 1, int(round(x1 * mw / Wc)))
         masks = all_masks[:n][:, idx, my0:my1, mx0:mx1].astype(np.float32)
         mvalid = all_valid[:n][:, idx]
-    return WindowInputs(win, tracks, ref_imgs, masks, mvalid, n)
+    return WindowInputs(win, tracks, ref_imgs, masks, mvalid, n, has_audio)
 
 
 @torch.no_grad()
@@ -211,6 +230,11 @@ def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, A
         audio_feats = stack.audio.encode(torch.from_numpy(w.tracks), cfg.frames)  # [N, T, D]
         ref = torch.stack([_to_tensor(r[None])[:, 0] for r in w.refs])[None]  # [1, N, 3, r, r]
         ref_latents = stack.vae.encode_references(ref)[0]  # [N, C, 1, r/8, r/8]
+        i2v = {}
+        if getattr(stack, "image", None) is not None:  # first-frame conditioning: the window's own first frame
+            first = _to_tensor(w.frames[:1])[None]  # [1, 3, 1, H, W]
+            i2v = {"condition": stack.vae.first_frame_condition(first, cfg.frames)[0],
+                   "image_emb": stack.image.encode(first[:, :, 0])[0]}
         F_lat, h, wd = latents.shape[1], latents.shape[2] // 2, latents.shape[3] // 2
         target = torch.zeros(w.identities, F_lat, h, wd)
         valid = torch.zeros(w.identities, F_lat, dtype=torch.bool)
@@ -220,13 +244,14 @@ def build_examples(sample: Any, stack: Any, cfg: DataConfig) -> list[dict[str, A
         examples.append({
             "key": sample.key, "window": j, "latents": latents, "text_emb": text_emb, "audio_feats": audio_feats,
             "ref_latents": ref_latents, "mask_target": target, "mask_valid": valid,
+            "has_audio": torch.tensor(w.has_audio if w.has_audio is not None else [True] * w.identities),
             "has_masks": w.masks is not None, "identities": w.identities, "phrases": phrases[: w.identities],
-            "order": list(range(w.identities)),
+            "order": list(range(w.identities)), **i2v,
         })
     return examples
 
 
-PER_IDENTITY = ("audio_feats", "ref_latents", "mask_target", "mask_valid")  # tensors with identities first
+PER_IDENTITY = ("audio_feats", "ref_latents", "mask_target", "mask_valid") + ("has_audio",)  # identities first
 
 
 def permute_identities(ex: dict[str, Any], perm: list[int]) -> dict[str, Any]:
@@ -238,7 +263,8 @@ def permute_identities(ex: dict[str, Any], perm: list[int]) -> dict[str, Any]:
     out = dict(ex)
     index = torch.tensor(perm, dtype=torch.long)
     for k in PER_IDENTITY:
-        out[k] = ex[k][index]
+        if k in ex:  # feature shards precomputed before objects existed have no has_audio
+            out[k] = ex[k][index]
     for k in ("phrases", "order"):
         if k in ex:
             out[k] = [ex[k][i] for i in perm]
@@ -268,6 +294,10 @@ def collate(examples: list[dict[str, Any]], max_identities: int) -> dict[str, An
             return x[:n]
         return torch.cat([x, x.new_zeros(n - x.shape[0], *x.shape[1:])], dim=0)
 
+    def has_audio(e: dict[str, Any]) -> torch.Tensor:
+        flags = e.get("has_audio")
+        return flags.bool() if flags is not None else torch.ones(int(e["identities"]), dtype=torch.bool)
+
     out = {
         "latents": torch.stack([e["latents"] for e in examples]),
         "text_emb": torch.stack([e["text_emb"] for e in examples]),
@@ -276,9 +306,17 @@ def collate(examples: list[dict[str, Any]], max_identities: int) -> dict[str, An
         "mask_target": torch.stack([pad(e["mask_target"], n) for e in examples]),
         "mask_valid": torch.stack([pad(e["mask_valid"], n) for e in examples]),
         "identity_valid": torch.tensor([[i < min(e["identities"], n) for i in range(n)] for e in examples]),
+        "has_audio": torch.stack([pad(has_audio(e), n) for e in examples]),  # padding: False
         "has_masks": torch.tensor([bool(e["has_masks"]) for e in examples]),
         "keys": [f"{e['key']}-w{e['window']}" for e in examples],
     }
+    for k in ("condition", "image_emb"):  # image-to-video examples: all or none of a batch
+        have = sum(k in e for e in examples)
+        if have not in (0, len(examples)):
+            raise ValueError(f"{k}: {have} of {len(examples)} examples have it (mixed text- and image-to-video "
+                             f"features; precompute them again for one model)")
+        if have:
+            out[k] = torch.stack([e[k] for e in examples])
     return out
 
 

@@ -4,6 +4,11 @@
                                                 references [B, N, 3, H, W] -> [B, N, 16, 1, H/8, W/8]
     TextEncoder   (transformers UMT5EncoderModel) prompts -> [B, 512, 4096], padding rows zero (Wan convention)
     AudioEncoder  (transformers Wav2Vec2Model)  16 kHz waveform [B, S] -> per-video-frame features [B, T, D_audio]
+    ImageEncoder  (transformers CLIPVisionModel) image-to-video only: first frames [B, 3, H, W] -> CLIP tokens
+                                                [B, 257, 1280] (the penultimate hidden states, as Wan2.1 I2V)
+
+``VideoVAE.first_frame_condition`` builds the image-to-video input condition: the 4-channel frame mask and the
+latent of [given frames, zeros...], exactly as diffusers' ``WanImageToVideoPipeline.prepare_latents``.
 
 Each has ``from_pretrained(local_dir)`` for real weights (nothing is downloaded; a missing directory raises an error
 that names the expected layout) and a plain constructor taking a built model, which tests use with tiny configs.
@@ -83,6 +88,26 @@ class VideoVAE(nn.Module):
         B, N = images.shape[:2]
         latents = self.encode_video(images.flatten(0, 1).unsqueeze(2))  # [B*N, z, 1, h, w]
         return latents.unflatten(0, (B, N))
+
+    @torch.no_grad()
+    def first_frame_condition(self, given: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Image-to-video condition [B, 4 + z, F, H/8, W/8] for a window of ``num_frames`` video frames whose first
+        ``given`` frames are known: given [B, 3, m, H, W] in [-1, 1] (m = 1: the first frame; m = 1 + 4k: motion
+        frames). The latent is the VAE's of [given frames, zeros (grey) for the rest]; the mask has 4 channels, the
+        4 video frames of each latent frame (frame 0 counted 4 times, the causal VAE's first latent frame), 1 where
+        a frame is given (Wan2.1 I2V's ``mask_lat_size``)."""
+        B, _, m, H, W = given.shape
+        if m > num_frames:
+            raise ValueError(f"{m} given frames exceed the window of {num_frames}")
+        video = torch.cat([given, given.new_zeros(B, 3, num_frames - m, H, W)], dim=2)  # [B, 3, T, H, W]
+        latent = self.encode_video(video)  # [B, z, F, h, w]
+        h, w = latent.shape[-2:]
+        frame_mask = latent.new_zeros(B, 1, num_frames, h, w)
+        frame_mask[:, :, :m] = 1
+        stride = self.temporal_stride
+        frame_mask = torch.cat([frame_mask[:, :, :1].repeat_interleave(stride, dim=2), frame_mask[:, :, 1:]], dim=2)
+        mask = frame_mask.view(B, -1, stride, h, w).transpose(1, 2)  # [B, 4, F, h, w]
+        return torch.cat([mask, latent], dim=1)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -203,3 +228,50 @@ class AudioEncoder(nn.Module):
             feats = out.last_hidden_state  # [B, T_a, hidden]
         feats = F.interpolate(feats.float().transpose(1, 2), size=num_frames, mode="linear", align_corners=True)
         return feats.transpose(1, 2).to(waveform.dtype)  # [B, num_frames, D]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Image encoder (image-to-video)
+# ---------------------------------------------------------------------------------------------------------------------
+
+IMAGE_LAYOUT = """\
+    DIR/image_encoder/config.json + model.safetensors   (CLIPVisionModel, ViT-H/14, from a Wan2.1 I2V diffusers
+                                                          snapshot, e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)
+    DIR/image_processor/preprocessor_config.json         (its CLIPImageProcessor)
+Pass DIR (the snapshot root)."""
+
+
+class ImageEncoder(nn.Module):
+    """CLIP vision tower of Wan2.1 I2V: images -> the penultimate layer's hidden states [B, L_img, D_img] (as
+    diffusers' ``WanImageToVideoPipeline.encode_image``), the model's ``image_emb``. Preprocessing (resize, centre
+    crop, CLIP normalisation) is the snapshot's ``CLIPImageProcessor``."""
+
+    def __init__(self, model, processor):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+
+    @classmethod
+    def from_pretrained(cls, local_dir: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> "ImageEncoder":
+        from transformers import CLIPImageProcessorPil, CLIPVisionModel
+
+        root = Path(local_dir)
+        _require_dir(root / "image_encoder", "CLIP image encoder", IMAGE_LAYOUT)
+        if not (root / "image_processor" / "preprocessor_config.json").is_file():
+            raise FileNotFoundError(f"no image processor at {root / 'image_processor'}. Expected layout:\n{IMAGE_LAYOUT}")
+        model = CLIPVisionModel.from_pretrained(root / "image_encoder", dtype=torch_dtype, local_files_only=True)
+        return cls(model, CLIPImageProcessorPil.from_pretrained(root / "image_processor", local_files_only=True))
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> [B, L_img, D_img] (257 x 1280 for ViT-H/14 at 224)."""
+        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        arrays = [p.permute(1, 2, 0).cpu().numpy() for p in pixels]  # HWC uint8, as the processor expects
+        inputs = self.processor(images=arrays, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        out = self.model(pixel_values=inputs["pixel_values"].to(device, self.model.dtype), output_hidden_states=True)
+        return out.hidden_states[-2].to(images.dtype)

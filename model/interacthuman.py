@@ -2,7 +2,10 @@
 
 Built on diffusers' Wan classes: the backbone modules (``WanRotaryPosEmbed``, ``WanTimeTextImageEmbedding``,
 ``WanTransformerBlock`` with its ``WanAttention``/``WanAttnProcessor``) are reused under the same attribute names, so a
-Wan2.1 T2V checkpoint loads key for key and only the added modules are new.
+Wan2.1 T2V or I2V checkpoint loads key for key and only the added modules are new. An I2V backbone (``image_dim`` set)
+adds Wan's CLIP image embedder, image keys/values in every text cross-attention (``attn2.add_k_proj``, ``add_v_proj``,
+``norm_added_k``) and a 36-channel patch embedding (noise + 4 mask channels + first-frame latent); those load from the
+checkpoint like the rest of the backbone.
 
 Token sequence (B batch, N identities, f latent frames, h x w token grid, D = model dim):
 
@@ -18,7 +21,8 @@ Per block (numbers match the comments in ``InterActHumanBlock.forward``):
     2. text cross-attention (Wan)
     3. audio cross-attention, video tokens only: identity n's audio tokens of latent frame j are attended by the video
        tokens of frame j only; the output of identity n is multiplied by its gate (a mask over video tokens), summed
-       over identities and added; the output projection starts at zero
+       over identities and added; the output projection starts at zero. A concept without audio (an object, a
+       silent person: ``audio_present`` False) has no track here at all, not a silent one: it costs no audio compute
     4. feed-forward (Wan)
     5. mask head (every block, or the last K): one projection shared by video and reference tokens to q, k, v,
        LayerNorm of q and k, 3D RoPE, cross-attention from video tokens to one reference's tokens, 2-layer MLP on the
@@ -48,7 +52,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 
-from model.config import WAN_BACKBONE_KEYS, WAN_I2V_KEYS, InterActHumanConfig
+from model.config import I2V_MASK_CHANNELS, WAN_BACKBONE_KEYS, WAN_I2V_KEYS, InterActHumanConfig
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +300,26 @@ class MaskHead(nn.Module):
         return self.fc2(F.gelu(self.fc1(matched))).squeeze(-1).float()  # [B, N, L_v]
 
 
+def text_image_cross_attention(
+    attn: nn.Module, x: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None
+) -> torch.Tensor:
+    """Wan2.1 I2V's cross-attention (``WanAttnProcessor`` with ``add_k_proj``), with text and image given apart.
+
+    Wan's processor finds the image tokens by assuming exactly 512 text tokens after them; here the two come
+    separately, so any text length works. x [B, L, D], text [B, L_text, D], image [B, L_img, D] or None -> [B, L, D]:
+    to_out(attn(q, text) + attn(q, image)), the image keys RMS-normed by ``norm_added_k``, values not."""
+    q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1)).transpose(1, 2)  # [B, H, L, d]
+    k = attn.norm_k(attn.to_k(text)).unflatten(2, (attn.heads, -1)).transpose(1, 2)  # [B, H, L_text, d]
+    v = attn.to_v(text).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, d]
+    if image is not None:
+        k_img = attn.norm_added_k(attn.add_k_proj(image)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        v_img = attn.add_v_proj(image).unflatten(2, (attn.heads, -1)).transpose(1, 2)  # [B, H, L_img, d]
+        out = out + F.scaled_dot_product_attention(q, k_img, v_img)
+    out = out.transpose(1, 2).flatten(2, 3).type_as(q)  # [B, L, D]
+    return attn.to_out[1](attn.to_out[0](out))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 4. Block: Wan's block (same parameter names) plus the audio cross-attention and an optional mask head
 # ---------------------------------------------------------------------------------------------------------------------
@@ -307,7 +331,8 @@ class InterActHumanBlock(WanTransformerBlock):
     def __init__(self, config: InterActHumanConfig, with_mask_head: bool):
         dim = config.dim
         super().__init__(
-            dim, config.ffn_dim, config.num_attention_heads, config.qk_norm, config.cross_attn_norm, config.eps, None
+            dim, config.ffn_dim, config.num_attention_heads, config.qk_norm, config.cross_attn_norm, config.eps,
+            config.added_kv_proj_dim,  # image-to-video: attn2 gets Wan's image keys/values (add_k_proj, add_v_proj)
         )
         self.norm_audio = FP32LayerNorm(dim, config.eps, elementwise_affine=True)
         inner = config.audio_attn_dim or dim
@@ -333,8 +358,10 @@ class InterActHumanBlock(WanTransformerBlock):
         audio_gates: torch.Tensor | None = None,
         mask_rotary_video: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask_rotary_refs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states [B, S = L_v + N*L_r, D], text [B, L_text, D], temb [B, 6, D], rotary cos/sin [1, S, 1, d],
+        image_states [B, L_img, D] (image-to-video: the embedded CLIP tokens of the first frame) or None,
         self_attn_mask [B, 1, 1, S] bool or None, audio_tokens [B, K, F, M, D_tok] and audio_gates [B, K, L_v]: the
         weights of K audio tracks (the identities, then the muted track if any).
         Returns (hidden_states [B, S, D], mask logits [B, N, L_v] float32 or None)."""
@@ -348,9 +375,12 @@ class InterActHumanBlock(WanTransformerBlock):
         attn_output = self.attn1(norm_hidden_states, None, self_attn_mask, rotary_emb)
         hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
 
-        # 2. Text cross-attention
+        # 2. Text cross-attention (image-to-video: plus the image cross-attention, summed before the output projection)
         norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
-        attn_output = self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
+        if self.attn2.add_k_proj is None:
+            attn_output = self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
+        else:
+            attn_output = text_image_cross_attention(self.attn2, norm_hidden_states, encoder_hidden_states, image_states)
         hidden_states = hidden_states + attn_output
 
         # 3. Audio cross-attention: video tokens only, per identity, windowed per latent frame, gated per identity
@@ -423,6 +453,8 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         qk_norm: str | None = "rms_norm_across_heads",
         eps: float = 1e-6,
         rope_max_seq_len: int = 1024,
+        image_dim: int | None = None,
+        added_kv_proj_dim: int | None = None,
         audio_dim: int = 768,
         audio_context: int = 2,
         audio_hidden_dim: int = 512,
@@ -452,6 +484,8 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             qk_norm=qk_norm,
             eps=eps,
             rope_max_seq_len=rope_max_seq_len,
+            image_dim=image_dim,
+            added_kv_proj_dim=added_kv_proj_dim,
             audio_dim=audio_dim,
             audio_context=audio_context,
             audio_hidden_dim=audio_hidden_dim,
@@ -473,9 +507,9 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         self.mask_rope = InterActHumanRotaryPosEmbed(mask_head_dim // mask_head_heads, cfg.patch_size, rope_max_seq_len)
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
 
-        # 2. Condition embeddings: time + text (Wan), audio tokens (new)
+        # 2. Condition embeddings: time + text (+ CLIP image tokens for image-to-video) (Wan), audio tokens (new)
         self.condition_embedder = WanTimeTextImageEmbedding(
-            dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim
+            dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim, image_embed_dim=image_dim
         )
         self.audio_proj = AudioProjection(
             audio_dim, cfg.audio_window, audio_hidden_dim, audio_tokens, audio_token_dim, eps
@@ -524,6 +558,9 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         audio_gates: torch.Tensor | None = None,
         identity_valid: torch.Tensor | None = None,
         muted_audio: torch.Tensor | None = None,
+        audio_present: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
+        image_emb: torch.Tensor | None = None,
     ) -> InterActHumanOutput:
         """
         latents        [B, C, F, H, W]       noisy video latents x_t
@@ -538,6 +575,16 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                        identity n's audio with weight gate_n and the muted audio with the rest, max(0, 1 - sum_n
                        gate_n): outside every mask the audio is muted, not absent, and soft masks blend the two near
                        their boundaries (the paper). None: tokens outside the masks get no audio update (hard gate).
+        audio_present  [B, N] bool; False marks a concept without audio (an object, a silent person): its track in
+                       ``audio_feats`` is ignored and not computed at all (no audio tokens, no cross-attention), its
+                       gate weight goes to the muted track; its reference, mask head and mask are as for any
+                       identity. None: every real identity has audio.
+        condition      [B, 4 + C, F, H, W]   image-to-video only (and then required): the first-frame condition
+                       concatenated to the noise, a 4-channel mask (1 on the given frames) then the VAE latent of
+                       [first frame, zeros...] (``first_frame_condition``)
+        image_emb      [B, L_img, image_dim] image-to-video only (and then required): the CLIP image encoder's
+                       penultimate hidden states of the first frame (Wan2.1 I2V: 257 x 1280)
+        In image-to-video each reference enters as a given frame: its latent, a mask of ones, its latent again.
         Returns InterActHumanOutput(velocity [B, C, F, H, W], mask [B, N, F, h, w] float32 or None,
         layer_masks [heads, B, N, F, h, w] float32 or None).
         """
@@ -553,21 +600,43 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                                         or ref_latents.shape[-2] % p_h or ref_latents.shape[-1] % p_w):
             raise ValueError(f"ref_latents must be [B, N, C, 1, Hr, Wr] with Hr, Wr divisible by the patch, "
                              f"got {tuple(ref_latents.shape)}")
+        cfg = self.model_config
+        if cfg.image_to_video:
+            if condition is None or image_emb is None:
+                raise ValueError("an image-to-video model needs condition (mask + first-frame latent) and image_emb "
+                                 "(CLIP tokens of the first frame)")
+            if condition.shape != (B, cfg.in_channels - cfg.out_channels, *latents.shape[2:]):
+                raise ValueError(f"condition must be [B, {cfg.in_channels - cfg.out_channels}, F, H, W] = "
+                                 f"{(B, cfg.in_channels - cfg.out_channels, *latents.shape[2:])}, got "
+                                 f"{tuple(condition.shape)}")
+            if image_emb.ndim != 3 or image_emb.shape[0] != B or image_emb.shape[2] != cfg.image_dim:
+                raise ValueError(f"image_emb must be [B, L_img, image_dim={cfg.image_dim}], got {tuple(image_emb.shape)}")
+        elif condition is not None or image_emb is not None:
+            raise ValueError("condition / image_emb are for image-to-video models (image_dim set); this one is "
+                             "text-to-video")
         if timestep.shape != (B,):
             raise ValueError(f"timestep must be [B] = [{B}], got {tuple(timestep.shape)}")
         if audio_feats is not None and audio_feats.shape[1] != N:
             raise ValueError(f"audio_feats has {audio_feats.shape[1]} identities, ref_latents has {N}")
+        if audio_present is not None and tuple(audio_present.shape) != (B, N):
+            raise ValueError(f"audio_present must be [B, N] = [{B}, {N}], got {tuple(audio_present.shape)}")
         all_valid = identity_valid is None
         if identity_valid is None:
             identity_valid = torch.ones(B, N, dtype=torch.bool, device=latents.device)
 
-        # 1. Patch embedding: video and reference latents go through the same convolution
-        hidden_states = self.patch_embedding(latents).flatten(2).transpose(1, 2)  # [B, L_v, D]
+        # 1. Patch embedding: video and reference latents go through the same convolution (image-to-video: the noise
+        #    with its first-frame condition, [B, 36, F, H, W]; each reference as a given frame, [ref, 1, ref])
+        video_in = latents if condition is None else torch.cat([latents, condition.to(latents.dtype)], dim=1)
+        hidden_states = self.patch_embedding(video_in).flatten(2).transpose(1, 2)  # [B, L_v, D]
         ref_h = ref_w = L_r = 0
         if ref_latents is not None:
             ref_h, ref_w = ref_latents.shape[-2] // p_h, ref_latents.shape[-1] // p_w
             L_r = ref_h * ref_w
-            refs = self.patch_embedding(ref_latents.flatten(0, 1)).flatten(2).transpose(1, 2)  # [B*N, L_r, D]
+            ref_in = ref_latents.flatten(0, 1)  # [B*N, C, 1, Hr, Wr]
+            if cfg.image_to_video:
+                ones = ref_in.new_ones(ref_in.shape[0], I2V_MASK_CHANNELS, *ref_in.shape[2:])
+                ref_in = torch.cat([ref_in, ones, ref_in], dim=1)  # [B*N, 2C + 4, 1, Hr, Wr]
+            refs = self.patch_embedding(ref_in).flatten(2).transpose(1, 2)  # [B*N, L_r, D]
             hidden_states = torch.cat([hidden_states, refs.reshape(B, N * L_r, -1)], dim=1)  # [B, S, D]
         hidden_states = hidden_states.contiguous()
 
@@ -580,12 +649,15 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             mask_rotary_video = (mask_cos[:, :L_v], mask_sin[:, :L_v])
             mask_rotary_refs = (mask_cos[:, L_v:], mask_sin[:, L_v:])
 
-        # 3. Time and text conditioning (Wan)
-        temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(timestep, text_emb, None)
+        # 3. Time and text conditioning (+ the first frame's CLIP tokens for image-to-video) (Wan)
+        temb, timestep_proj, encoder_hidden_states, image_states = self.condition_embedder(
+            timestep, text_emb, None if image_emb is None else image_emb.to(text_emb.dtype)
+        )
         timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B, 6, D]
 
-        # 4. Audio tokens [B, K, F, M, D_tok] and weights [B, K, L_v]: the N identities' tracks (gates, zero for
-        #    padding identities), then the muted track (the rest of each token's weight) when it is given with gates
+        # 4. Audio tokens [B, K, F, M, D_tok] and weights [B, K, L_v]: the tracks of the identities with audio (gates;
+        #    identities without audio and padding ones are left out), then the muted track (the rest of each token's
+        #    weight) when it is given with gates
         audio_tokens = weights = None
         if audio_feats is not None:
             context = self.model_config.audio_context
@@ -598,7 +670,15 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                 weights = torch.ones(B, N, L_v, device=latents.device, dtype=hidden_states.dtype)
             else:
                 weights = audio_gates.reshape(B, N, L_v).to(hidden_states.dtype)
-            weights = weights * identity_valid[:, :, None].to(weights.dtype)
+            # Only identities with audio get an audio path: per row, their tracks and weights are gathered into the
+            # first A slots (A = the most any row has), so concepts without audio (and padding) cost nothing here.
+            present = identity_valid if audio_present is None else identity_valid & audio_present.to(torch.bool)
+            weights = weights * present[:, :, None].to(weights.dtype)
+            if not bool(present.all()):
+                A = int(present.sum(dim=1).max())
+                order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :A]  # [B, A]
+                tracks = tracks.gather(1, order[:, :, None, None, None].expand(-1, -1, *tracks.shape[2:]))
+                weights = weights.gather(1, order[:, :, None].expand(-1, -1, L_v))  # [B, A, L_v]
             if muted_audio is not None and audio_gates is not None:
                 muted = muted_audio[:, None] if muted_audio.ndim in (3, 4) else muted_audio
                 if muted.ndim == 4:
@@ -606,10 +686,13 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
                 if muted.shape[:3] != (B, 1, num_frames) or muted.shape[3:] != tracks.shape[3:]:
                     raise ValueError(f"muted_audio must be [B, T_video, D_a] or [B, F, W, D_a] like audio_feats, "
                                      f"got {tuple(muted_audio.shape)}")
-                tracks = torch.cat([tracks, muted.to(tracks.dtype)], dim=1)  # [B, N + 1, F, W, D_a]
+                tracks = torch.cat([tracks, muted.to(tracks.dtype)], dim=1)  # [B, A + 1, F, W, D_a]
                 rest = (1 - weights.sum(dim=1, keepdim=True)).clamp(0, 1)  # [B, 1, L_v]
                 weights = torch.cat([weights, rest], dim=1)
-            audio_tokens = self.audio_proj(tracks)
+            if tracks.shape[1] > 0:  # no identity with audio and no muted track: no audio path at all
+                audio_tokens = self.audio_proj(tracks)
+            else:
+                weights = None
 
         # 5. Self-attention key mask hiding padding identities' reference tokens (None when all are real)
         self_attn_mask = None
@@ -632,6 +715,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
             weights,
             mask_rotary_video,
             mask_rotary_refs,
+            image_states,
         )
         mask_logits = []
         for block in self.blocks:
@@ -690,7 +774,7 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
         device: str | torch.device = "cpu",
         **new_module_config,
     ) -> tuple["InterActHumanModel", WanLoadReport]:
-        """Build from a Wan2.1 T2V diffusers snapshot: backbone weights load exactly, the added modules are freshly
+        """Build from a Wan2.1 T2V or I2V diffusers snapshot: backbone weights load exactly, the added modules are freshly
         initialised and listed in the report. ``new_module_config`` sets non-backbone fields (audio_dim, mask_head_*,
         flow_shift, ...). A checkpoint key the model lacks, or a backbone key the checkpoint lacks, is an error."""
         from accelerate import init_empty_weights
@@ -761,13 +845,15 @@ class InterActHumanModel(ModelMixin, ConfigMixin):
 
 WAN_LAYOUT_HELP = """\
 Expected a local diffusers snapshot of Wan2.1 T2V, for example Wan-AI/Wan2.1-T2V-1.3B-Diffusers or
-Wan-AI/Wan2.1-T2V-14B-Diffusers (download it elsewhere with
+Wan-AI/Wan2.1-T2V-14B-Diffusers, or of Wan2.1 I2V (first-frame conditioning), Wan-AI/Wan2.1-I2V-14B-480P-Diffusers
+(download it elsewhere with
 `huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR` and copy DIR here):
     DIR/transformer/config.json
     DIR/transformer/diffusion_pytorch_model.safetensors
         (or diffusion_pytorch_model-0000K-of-0000M.safetensors + diffusion_pytorch_model.safetensors.index.json)
     DIR/vae/        AutoencoderKLWan (config.json + diffusion_pytorch_model.safetensors)
     DIR/text_encoder/ + DIR/tokenizer/   UMT5-XXL encoder and its tokenizer
+    DIR/image_encoder/ + DIR/image_processor/   I2V only: CLIPVisionModel (ViT-H/14) and its CLIPImageProcessor
 Pass DIR (or DIR/transformer)."""
 
 
@@ -793,15 +879,17 @@ def wan_weight_files(transformer_dir: Path) -> list[Path]:
 
 
 def wan_backbone_config(wan_config: dict) -> dict:
-    """Backbone fields from a WanTransformer3DModel config.json; unknown keys and I2V variants are errors."""
+    """Backbone fields from a WanTransformer3DModel config.json (text- or image-to-video); unknown keys and the
+    first-last-frame variant (``pos_embed_seq_len``) are errors."""
     public = {k: v for k, v in wan_config.items() if not k.startswith("_")}
     unknown = sorted(set(public) - set(WAN_BACKBONE_KEYS) - set(WAN_I2V_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) in the Wan transformer config: {unknown}")
-    i2v = sorted(k for k in WAN_I2V_KEYS if public.get(k) is not None)
-    if i2v:
-        raise ValueError(f"image-to-video Wan checkpoints are not supported (config sets {i2v}); use a T2V checkpoint")
+    if public.get("pos_embed_seq_len") is not None:
+        raise ValueError(f"pos_embed_seq_len={public['pos_embed_seq_len']}: first-last-frame (FLF2V) Wan checkpoints "
+                         f"are not supported; use a Wan2.1 T2V or I2V checkpoint")
     out = {k: public[k] for k in WAN_BACKBONE_KEYS if k in public}
+    out.update({k: public[k] for k in ("image_dim", "added_kv_proj_dim") if public.get(k) is not None})
     if "patch_size" in out:
         out["patch_size"] = tuple(out["patch_size"])
     return out

@@ -149,7 +149,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     extra_file = path / f"rank_{rank:05d}.pt"
-    extras = torch.load(extra_file, weights_only=False) if extra_file.is_file() and world == meta["world_size"] else {}
+    # tensors and plain containers only: a checkpoint directory is data, and loading it must not run code
+    extras = torch.load(extra_file, weights_only=True) if extra_file.is_file() and world == meta["world_size"] else {}
     return int(meta["step"]), extras
 
 

@@ -30,6 +30,8 @@ def feature_tag(cfg: Any) -> str:
     ident = {"data": dataclasses.asdict(cfg.data_config()), "wan_dir": cfg.wan_dir, "audio_dir": cfg.audio_dir,
              "model": dataclasses.asdict(cfg.model_config()) if not cfg.wan_dir else None,
              "encoder_seed": cfg.encoder_seed if not cfg.wan_dir else None}
+    if getattr(cfg, "conditioning", "text") != "text":  # first-frame features (text-to-video tags unchanged)
+        ident["conditioning"] = cfg.conditioning
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

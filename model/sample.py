@@ -23,6 +23,12 @@ One window of video latents is denoised at a time (steps 1-4 are commented in :f
        the hard gate instead)
     4. a flow-matching solver step (UniPC or Euler, ``model.solvers``)
     5. the window is decoded; the frames after its motion frames go to the output, each frame exactly once
+Image-to-video models (a Wan2.1 I2V backbone, ``config.image_to_video``) are conditioned on a first frame as they
+were trained: ``first_frame=`` an image (``--first-frame IMG``, centre-cropped to the video size as training crops
+its clips) or a reference (``"ref:K"``, the K-th identity's image on white; the default is ``ref:0``). Window 0's
+condition is that frame (frame mask + latent of [frame, zeros], ``VideoVAE.first_frame_condition``); a later
+window's is its own first frame, the first of the motion frames it continues from, while its motion latents are
+re-noised as before. Every window and every CFG row keeps the first frame's CLIP tokens.
 Long audio is covered by the window plan of :func:`plan_windows`; the output has round(audio_seconds * fps) frames.
 """
 
@@ -247,10 +253,13 @@ class ModelSource:
         return int(self.train_config.get("encoder_seed", 0))
 
 
+TINY_MODELS = ("tiny", "tiny-i2v")  # --model names of random tiny models (text- and image-to-video)
+
+
 def resolve_model_source(model: str | Path) -> ModelSource:
     """Find the model directory and its config without loading weights (cheap; used to check inputs first)."""
-    if str(model) == "tiny":
-        return ModelSource("tiny", None, get_config("tiny"))
+    if str(model) in TINY_MODELS:
+        return ModelSource(str(model), None, get_config(str(model)))
     root = Path(model)
     help_ = ("pass a trained model directory (save_pretrained: config.json + weights), a training output directory "
              "holding model/ and train_config.json, or 'tiny' for a random tiny model")
@@ -277,16 +286,16 @@ def resolve_model_source(model: str | Path) -> ModelSource:
     return ModelSource(str(model), model_dir, config, train_config)
 
 
-def random_tiny_model(seed: int = 0):
-    """The tiny config with seeded random weights everywhere, including the modules training starts at zero (audio
-    output projections) or at a prior (mask-head bias): so a random model's audio changes the video and its masks
-    cross the 0.5 threshold somewhere, and a demo run exercises routing and the mask overlay."""
+def random_tiny_model(seed: int = 0, name: str = "tiny"):
+    """The tiny config (or ``tiny-i2v``) with seeded random weights everywhere, including the modules training starts
+    at zero (audio output projections) or at a prior (mask-head bias): so a random model's audio changes the video and
+    its masks cross the 0.5 threshold somewhere, and a demo run exercises routing and the mask overlay."""
     from model.interacthuman import InterActHumanModel
 
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = InterActHumanModel.from_model_config(get_config("tiny"))
+        model = InterActHumanModel.from_model_config(get_config(name))
     with torch.no_grad():
         for block in model.blocks:
             out = block.audio_attn.to_out
@@ -410,10 +419,18 @@ class Conditioning:
     #                      (or [1, N, L_win, D] per video frame: the model windows them, clamped to the window)
     batch: int  # rows: 1 (no guidance), 2 (cond, uncond) or 3 (cond, audio only, uncond); see SamplingConfig
     muted: torch.Tensor | None = None  # [1, F, 4 + 2c, D] features of silence (outside_audio="muted"), or None
+    has_audio: torch.Tensor | None = None  # [N] bool: False for a silent concept (no audio path); None: all have audio
+    condition: torch.Tensor | None = None  # image-to-video: [1, 4 + C, F, H/8, W/8] the window's first-frame condition
+    image_emb: torch.Tensor | None = None  # image-to-video: [1, L_img, image_dim] CLIP tokens of the first frame
 
     @property
     def identities(self) -> int:
         return self.refs.shape[1]
+
+    @property
+    def speakers(self) -> int:
+        """Identities with audio (the tracks there are to route)."""
+        return self.identities if self.has_audio is None else int(self.has_audio.sum())
 
 
 class InterActHumanSampler:
@@ -438,8 +455,12 @@ class InterActHumanSampler:
     def _check_encoders(self) -> None:
         cfg, s = self.config, self.stack
         problems = []
-        if s.vae.latent_channels != cfg.in_channels:
-            problems.append(f"VAE latents have {s.vae.latent_channels} channels, the model takes {cfg.in_channels}")
+        if s.vae.latent_channels != cfg.latent_channels:
+            problems.append(f"VAE latents have {s.vae.latent_channels} channels, the model takes {cfg.latent_channels}")
+        image = getattr(s, "image", None)
+        if cfg.image_to_video and (image is None or image.dim != cfg.image_dim):
+            problems.append(f"an image-to-video model needs a CLIP image encoder of {cfg.image_dim}-d tokens, the stack "
+                            f"has {'none' if image is None else f'{image.dim}-d'}")
         if s.text.dim != cfg.text_dim:
             problems.append(f"the text encoder gives {s.text.dim}-d states, the model takes text_dim={cfg.text_dim}")
         if s.audio.feature_dim != cfg.audio_dim:
@@ -472,16 +493,21 @@ class InterActHumanSampler:
         check_encoder_dirs(source, wan_dir, audio_dir)
         notes = []
         if source.model_dir is None:
-            net = random_tiny_model(seed)
+            net = random_tiny_model(seed, source.name)
             notes.append(f"model: random tiny model (seed {seed}); the video is noise")
         else:
             net = InterActHumanModel.from_pretrained(source.model_dir, torch_dtype=dt)
             notes.append(f"model: {source.model_dir}")
         if wan_dir:
+            from model.encoders import ImageEncoder
+
+            i2v = net.model_config.image_to_video
             stack = EncoderStack(VideoVAE.from_pretrained(wan_dir, torch.float32),
                                  TextEncoder.from_pretrained(wan_dir, dt),
-                                 AudioEncoder.from_pretrained(audio_dir, torch_dtype=torch.float32))
-            notes.append(f"encoders: Wan2.1 VAE + UMT5 from {wan_dir}, wav2vec2 from {audio_dir}")
+                                 AudioEncoder.from_pretrained(audio_dir, torch_dtype=torch.float32),
+                                 ImageEncoder.from_pretrained(wan_dir, torch.float32) if i2v else None)
+            notes.append(f"encoders: Wan2.1 VAE + UMT5{' + CLIP image encoder' if i2v else ''} from {wan_dir}, "
+                         f"wav2vec2 from {audio_dir}")
         else:
             stack = EncoderStack.tiny(net.model_config, seed=source.encoder_seed)
             notes.append(f"encoders: tiny random encoder stack (seed {source.encoder_seed}"
@@ -502,24 +528,31 @@ class InterActHumanSampler:
     # -- sampling --
 
     def sample_request(self, loaded: LoadedRequest, config: SamplingConfig | None = None,
-                       progress: Callable[[str], None] | None = None, **overrides: Any) -> SampleResult:
-        """Sample a request read by ``model.sample_inputs.load_request``."""
+                       progress: Callable[[str], None] | None = None, first_frame: Any = None,
+                       prompt: str | None = None, **overrides: Any) -> SampleResult:
+        """Sample a request read by ``model.sample_inputs.load_request``; ``prompt`` replaces its own (the rephraser's,
+        ``model.rephrase``)."""
         req = loaded.request
         idents = [(img, trk) for img, trk in zip(loaded.images, loaded.tracks)]
-        result = self(req.full_prompt, idents, config, progress=progress, **overrides)
+        result = self(req.full_prompt if prompt is None else prompt, idents, config, progress=progress,
+                      first_frame=first_frame, **overrides)
         result.notes = loaded.notes + result.notes
         return result
 
     @torch.inference_mode()
     def __call__(self, prompt: str, identities: Sequence[IdentityInput | tuple], config: SamplingConfig | None = None,
-                 progress: Callable[[str], None] | None = None, **overrides: Any) -> SampleResult:
+                 progress: Callable[[str], None] | None = None, first_frame: Any = None,
+                 **overrides: Any) -> SampleResult:
         """Generate a video.
 
         prompt      the caption
         identities  N entries, each an ``IdentityInput`` (paths) or a tuple ``(image, audio[, text])`` with image
-                    a path or an RGB uint8 array and audio a path or float32 mono 16 kHz samples; an identity's text
-                    is appended to the prompt
+                    a path or an RGB uint8 array and audio a path or float32 mono 16 kHz samples, or None for a
+                    silent concept (an object: a reference and a mask, no audio path); an identity's text is appended
+                    to the prompt
         config      a SamplingConfig; keyword overrides (steps=..., guidance_scale=...) replace its fields
+        first_frame image-to-video models only: an image path or RGB uint8 array (the video's first frame), or
+                    "ref:K" (identity K's reference); None: "ref:0"
         """
         t_start = time.perf_counter()
         cfg = self.resolve_config(config, **overrides)
@@ -528,11 +561,18 @@ class InterActHumanSampler:
         N = len(images)
         self.check_sizes(cfg, N)
         full_prompt = " ".join(p for p in [prompt.strip(), *[t.strip() for t in texts]] if p)
+        has_audio = torch.tensor([t is not None for t in tracks], device=self.device)  # silent concepts: False
+        first, notes = None, []  # image-to-video: the first frame, uint8 [H, W, 3] at the video size
+        if self.config.image_to_video:
+            first, note = first_frame_image(first_frame, images, cfg.height, cfg.width)
+            notes.append(note)
+        elif first_frame is not None:
+            raise InputError("first_frame (--first-frame) conditions image-to-video models only (a Wan2.1 I2V "
+                             "backbone); this model is text-to-video")
 
-        total = output_frames(max(len(t) for t in tracks) / AUDIO_RATE, cfg.fps)
+        total = output_frames(max(len(t) for t in tracks if t is not None) / AUDIO_RATE, cfg.fps)
         windows = plan_windows(total, cfg.window_frames, cfg.motion_frames)
         padded = max(w.start + w.length for w in windows)
-        notes = []
         if cfg.mask_start_step >= cfg.steps and N > 1:
             notes.append(f"mask_start_step={cfg.mask_start_step} >= steps={cfg.steps}: predicted masks never gate the "
                          f"audio ({cfg.early_audio} audio throughout the first window)")
@@ -549,7 +589,8 @@ class InterActHumanSampler:
         samples_padded = int(round(padded / cfg.fps * AUDIO_RATE))
         wave = np.zeros((N, samples_padded), np.float32)
         for i, t in enumerate(tracks):
-            wave[i, : min(len(t), samples_padded)] = t[:samples_padded]
+            if t is not None:  # a silent concept's row stays zeros (and the model never reads it)
+                wave[i, : min(len(t), samples_padded)] = t[:samples_padded]
         feats = self.stack.audio.encode(torch.from_numpy(wave).to(dev), padded)  # [N, T_pad, D], per video frame
         feats = feats.to(dt)[None]  # [1, N, T_pad, D]
         muted = None
@@ -558,6 +599,9 @@ class InterActHumanSampler:
         cfg_batch = cfg.cfg_rows
         text = torch.cat([text_c] + [torch.zeros_like(text_c)] * (cfg_batch - 1))  # rows 1, 2 drop the caption
         refs_b = refs.expand(cfg_batch, *refs.shape[1:])
+        image_emb = None
+        if first is not None:  # the first frame's CLIP tokens, in every window and CFG row
+            image_emb = self.stack.image.encode(_frames_to_tensor(first[None])[:, :, 0].to(dev)).to(dt)
 
         H, W = cfg.height, cfg.width
         _, p_h, p_w = self.config.patch_size
@@ -572,7 +616,13 @@ class InterActHumanSampler:
             t0 = time.perf_counter()
             idx = window_audio_indices(win, self.config.audio_context, padded).to(dev)  # [F, 4 + 2c]
             cond = Conditioning(text, refs_b, feats[:, :, idx], cfg_batch,  # audio [1, N, F, 4 + 2c, D]
-                                muted[:, idx] if muted is not None else None)
+                                muted[:, idx] if muted is not None else None,
+                                None if bool(has_audio.all()) else has_audio)
+            if first is not None:  # window 0: the first frame; later: the window's own first (motion) frame
+                given = first[None] if not win.motion else video[win.start : win.start + 1]
+                cond.condition = self.stack.vae.first_frame_condition(
+                    _frames_to_tensor(given).to(dev), win.length).to(dt)  # [1, 4 + C, F, H/8, W/8]
+                cond.image_emb = image_emb
             motion_x0 = carried = None
             if win.motion:
                 prev = video[win.start : win.out_start]  # the output frames this window continues from
@@ -616,7 +666,7 @@ class InterActHumanSampler:
                         gen: torch.Generator, motion_x0: torch.Tensor | None, carried: torch.Tensor | None,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoise one window -> (clean latents [1, C, F, H/8, W/8] float32, last predicted mask [1, N, F, h, w])."""
-        shape = (1, self.config.in_channels, win.latent_frames, cfg.height // VAE_STRIDE, cfg.width // VAE_STRIDE)
+        shape = (1, self.config.latent_channels, win.latent_frames, cfg.height // VAE_STRIDE, cfg.width // VAE_STRIDE)
         return denoise(self.model, cond, cfg, shape, gen, self.dtype, shift=shift, motion_latents=win.motion_latents,
                        motion_x0=motion_x0, carried=carried)
 
@@ -670,7 +720,7 @@ def denoise(model, cond: Conditioning, cfg: SamplingConfig, shape: tuple[int, ..
             x[:, :, :m] = renoise(motion_x0.float(), motion_noise, sigma)
         # 3. routing: gates of the conditional rows from the mask predicted at step i - 1
         if routing == "predicted":
-            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.identities)
+            gates, audio_on = routing_gates(i, cfg, predicted, carried, cond.speakers)
         else:
             gates, audio_on = fixed_gates, True
         # 2. guided velocity, all CFG rows in one forward
@@ -722,6 +772,10 @@ def guided_velocity(model, x: torch.Tensor, sigma: float, cond: Conditioning, ga
         audio_gates=audio_gates,
         identity_valid=torch.ones(B, N, dtype=torch.bool, device=device),
         muted_audio=muted,
+        audio_present=cond.has_audio[None].expand(B, N) if cond.has_audio is not None else None,
+        # image-to-video: every row keeps the first-frame condition (diffusers' Wan I2V guidance does the same)
+        condition=None if cond.condition is None else cond.condition.expand(B, *cond.condition.shape[1:]),
+        image_emb=None if cond.image_emb is None else cond.image_emb.expand(B, *cond.image_emb.shape[1:]),
     )
     v = out.velocity.float()
     if B == 2:
@@ -801,8 +855,28 @@ def check_encoder_dirs(source: ModelSource, wan_dir: str | Path | None, audio_di
                          f"snapshot) and --audio-dir (wav2vec2 snapshot)")
 
 
+def check_first_frame(first_frame: str | None, model_config: InterActHumanConfig, identities: Sequence[int]
+                      ) -> str | None:
+    """``--first-frame`` checked before any model loads: only image-to-video models take it; ``ref:K`` needs K below
+    every request's identity count; an image must be readable."""
+    if first_frame is None:
+        return None
+    if not model_config.image_to_video:
+        raise InputError("--first-frame conditions image-to-video models only (a Wan2.1 I2V backbone, e.g. "
+                         "--model tiny-i2v); this model is text-to-video")
+    if first_frame.startswith("ref:"):
+        k = first_frame[4:]
+        if not k.isdigit() or any(int(k) >= n for n in identities):
+            raise InputError(f"--first-frame {first_frame}: expected ref:K with K below the number of --ref images "
+                             f"({min(identities)})")
+        return first_frame
+    load_image(first_frame, "--first-frame")
+    return first_frame
+
+
 def _read_identities(identities: Sequence[IdentityInput | tuple],
-                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+                     ) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str]]:
+    """Images, tracks (None for a silent concept: audio None) and texts; at least one identity must have audio."""
     if not identities:
         raise InputError("no identity: give at least one (reference image, audio) pair")
     images, tracks, texts = [], [], []
@@ -814,14 +888,47 @@ def _read_identities(identities: Sequence[IdentityInput | tuple],
                 raise InputError(f"identity {i}: expected (image, audio) or (image, audio, text)")
             img, aud, text = (*ident, "")[:3]
         images.append(load_image(str(img), f"identity {i}") if isinstance(img, (str, Path)) else np.asarray(img))
-        tracks.append(load_track(str(aud), f"identity {i}") if isinstance(aud, (str, Path))
+        tracks.append(None if aud is None else load_track(str(aud), f"identity {i}") if isinstance(aud, (str, Path))
                       else np.asarray(aud, np.float32))
         texts.append(text or "")
         if images[-1].dtype != np.uint8 or images[-1].ndim != 3 or images[-1].shape[2] != 3:
             raise InputError(f"identity {i}: the image must be RGB uint8 [H, W, 3]")
-        if tracks[-1].ndim != 1 or len(tracks[-1]) == 0:
+        if tracks[-1] is not None and (tracks[-1].ndim != 1 or len(tracks[-1]) == 0):
             raise InputError(f"identity {i}: the audio must be mono float32 samples at 16 kHz")
+    if all(t is None for t in tracks):
+        raise InputError("no identity has audio: give at least one an audio track (its length sets the video's)")
     return images, tracks, texts
+
+
+def first_frame_image(first_frame: Any, refs: list[np.ndarray], height: int, width: int) -> tuple[np.ndarray, str]:
+    """(the first frame, uint8 [height, width, 3], a note saying where it came from) for an image-to-video model.
+
+    ``first_frame``: a path or RGB uint8 array, centre-cropped and resized to the video as training crops its clips
+    (``model.data``); ``"ref:K"`` or None (``ref:0``): identity K's reference, letterboxed on white (a reference
+    crop is a person on white: cropping it would cut them)."""
+    from model.data import _resize_crop
+
+    spec = "ref:0" if first_frame is None else first_frame
+    if isinstance(spec, str) and spec.startswith("ref:"):
+        k_text = spec[4:]
+        if not k_text.isdigit() or int(k_text) >= len(refs):
+            raise InputError(f"first frame {spec!r}: expected ref:K with K < {len(refs)} (the identities given)")
+        img = refs[int(k_text)]
+        scale = min(height / img.shape[0], width / img.shape[1])
+        h, w = max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
+        import cv2
+
+        canvas = np.full((height, width, 3), 255, np.uint8)
+        y, x = (height - h) // 2, (width - w) // 2
+        canvas[y : y + h, x : x + w] = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        default = " (the default)" if first_frame is None else ""
+        return canvas, f"first frame: identity {k_text}'s reference on white{default}"
+    img = load_image(str(spec), "--first-frame") if isinstance(spec, (str, Path)) else np.asarray(spec)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError("first frame: the image must be RGB uint8 [H, W, 3]")
+    frame, _ = _resize_crop(img[None], height, width)
+    where = spec if isinstance(spec, (str, Path)) else "the given image"
+    return frame[0], f"first frame: {where}, centre-cropped to {width}x{height}"
 
 
 def _frames_to_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -3,12 +3,17 @@ spec or an OmniAvatar-style batch file, checked before any model loads.
 
 Three ways to say it (docs/SAMPLING.md has the full description):
 
-* command line: ``--prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]`` (pairs in order);
+* command line: ``--prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]`` (pairs in order); a
+  ``--ref`` not followed by its ``--audio`` is a silent concept (an object, or a person who does not speak);
 * JSON spec: ``{"prompt": ..., "identities": [{"ref": ..., "audio": ..., "text": ...}, ...], "name": ...}`` or a list
   of such objects; ``text`` (optional) describes that identity and is appended to the prompt, ``name`` (optional)
-  names the output file of a list entry;
+  names the output file of a list entry; an identity without ``audio`` (or with ``"audio": null``) is silent;
 * batch file, OmniAvatar's line format extended to N identities: ``prompt@@img1@@audio1[@@img2@@audio2 ...]``, one
-  sample per line; blank lines and lines starting with ``#`` are skipped; a prompt cannot contain ``@@``.
+  sample per line (an empty audio field, ``@@img2@@``, is a silent concept); blank lines and lines starting with
+  ``#`` are skipped; a prompt cannot contain ``@@``.
+
+A silent concept has a reference and a predicted mask but no audio: the model gives it no audio path
+(``audio_present``). At least one identity must have audio (its length sets the video's).
 
 Relative paths in a spec or batch file are looked up next to that file first, then in the current directory
 (OmniAvatar's example lists are written relative to the repository root).
@@ -42,7 +47,7 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class IdentityInput:
     ref: str  # reference image path
-    audio: str  # audio path (any format FFmpeg reads, or a video's audio track)
+    audio: str | None  # audio path (any format FFmpeg reads, or a video's audio track); None: a silent concept
     text: str = ""  # optional phrase describing this identity, appended to the prompt
 
 
@@ -64,13 +69,14 @@ class SampleRequest:
 class LoadedRequest:
     request: SampleRequest
     images: list[np.ndarray]  # RGB uint8 [H, W, 3] per identity
-    tracks: list[np.ndarray]  # float32 mono 16 kHz per identity (as read; shorter ones are padded at sampling)
+    tracks: list[np.ndarray | None]  # float32 mono 16 kHz per identity (as read; shorter ones are padded at
+    #                                  sampling); None for a silent concept
     notes: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
         """Length of the output: the longest track."""
-        return max(len(t) for t in self.tracks) / AUDIO_RATE
+        return max(len(t) for t in self.tracks if t is not None) / AUDIO_RATE
 
     def num_frames(self, fps: float) -> int:
         return output_frames(self.seconds, fps)
@@ -99,6 +105,28 @@ def request_from_args(prompt: str | None, refs: list[str], audios: list[str]) ->
     if prompt is None or not prompt.strip():
         raise InputError("--prompt is required with --ref/--audio (describe the scene)")
     return SampleRequest(prompt, tuple(IdentityInput(r, a) for r, a in zip(refs, audios)), "command line")
+
+
+def request_from_flags(prompt: str | None, flags: list[tuple[str, str]]) -> SampleRequest:
+    """``--ref`` and ``--audio`` in the order given (``[("ref", IMG), ("audio", AUD), ...]``): each ``--ref`` starts
+    an identity, an ``--audio`` right after it is that identity's track, and a ``--ref`` without one is a silent
+    concept (an object)."""
+    if not flags:
+        raise InputError("no identity given: pass --ref IMAGE --audio AUDIO once per person (or --spec / --batch)")
+    idents: list[list[str | None]] = []
+    for k, (flag, value) in enumerate(flags):
+        if flag == "ref":
+            idents.append([value, None])
+        elif flag == "audio":
+            if not idents or idents[-1][1] is not None:
+                raise InputError(f"--audio {value} does not follow a --ref: give each track right after its "
+                                 f"person's image (--ref IMG1 --audio AUD1 --ref IMG2 --audio AUD2 ...)")
+            idents[-1][1] = value
+        else:
+            raise ValueError(f"unknown identity flag {flag!r}")
+    if prompt is None or not prompt.strip():
+        raise InputError("--prompt is required with --ref/--audio (describe the scene)")
+    return SampleRequest(prompt, tuple(IdentityInput(str(r), a) for r, a in idents), "command line")
 
 
 def _resolve(path: str, base: Path, what: str, origin: str) -> str:
@@ -149,14 +177,16 @@ def read_spec(path: str | Path) -> list[SampleRequest]:
             unknown = sorted(set(ident) - set(IDENTITY_KEYS))
             if unknown:
                 raise InputError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(IDENTITY_KEYS)}")
-            missing = [k for k in ("ref", "audio") if not isinstance(ident.get(k), str) or not ident.get(k)]
-            if missing:
-                raise InputError(f"{where}: needs {' and '.join(repr(m) for m in missing)} (a path)")
+            if not isinstance(ident.get("ref"), str) or not ident.get("ref"):
+                raise InputError(f"{where}: needs 'ref' (a path)")
+            audio = ident.get("audio")
+            if audio is not None and (not isinstance(audio, str) or not audio):
+                raise InputError(f"{where}: 'audio' must be a path, or left out (null) for a silent concept")
             text = ident.get("text", "")
             if not isinstance(text, str):
                 raise InputError(f"{where}: 'text' must be a string")
             parsed.append(IdentityInput(_resolve(ident["ref"], path.parent, "image", where),
-                                        _resolve(ident["audio"], path.parent, "audio", where), text))
+                                        _resolve(audio, path.parent, "audio", where) if audio else None, text))
         name = entry.get("name", f"sample_{k:03d}" if isinstance(raw, list) else "sample")
         if not isinstance(name, str) or not name or "/" in name:
             raise InputError(f"{origin}: 'name' must be a file stem (no '/')")
@@ -178,10 +208,11 @@ def parse_batch_line(line: str, origin: str, base: Path) -> SampleRequest:
     idents = []
     for i in range(0, len(pairs), 2):
         img, aud = pairs[i], pairs[i + 1]
-        if not img or not aud:
-            raise InputError(f"{origin}: identity {i // 2} has an empty {'image' if not img else 'audio'} field")
-        where = f"{origin} identity {i // 2}"
-        idents.append(IdentityInput(_resolve(img, base, "image", where), _resolve(aud, base, "audio", where)))
+        if not img:
+            raise InputError(f"{origin}: identity {i // 2} has an empty image field")
+        where = f"{origin} identity {i // 2}"  # an empty audio field: a silent concept
+        idents.append(IdentityInput(_resolve(img, base, "image", where),
+                                    _resolve(aud, base, "audio", where) if aud else None))
     return SampleRequest(prompt, tuple(idents), origin)
 
 
@@ -265,12 +296,16 @@ def load_request(req: SampleRequest, max_identities: int | None = None) -> Loade
     if max_identities is not None and n > max_identities:
         raise InputError(f"{req.origin}: {n} identities, but this model and window size take at most "
                          f"{max_identities}")
+    if all(ident.audio is None for ident in req.identities):
+        raise InputError(f"{req.origin}: no identity has audio; give at least one person an audio track (its length "
+                         f"sets the video's), the others may be silent concepts")
     images, tracks = [], []
     for i, ident in enumerate(req.identities):
         images.append(load_image(ident.ref, f"{req.origin}: identity {i} (--ref)"))
-        tracks.append(load_track(ident.audio, f"{req.origin}: identity {i} (--audio)"))
+        tracks.append(load_track(ident.audio, f"{req.origin}: identity {i} (--audio)")
+                      if ident.audio is not None else None)
     notes = []
-    lengths = [len(t) / AUDIO_RATE for t in tracks]
+    lengths = [len(t) / AUDIO_RATE for t in tracks if t is not None]
     if max(lengths) - min(lengths) > 0.05:
         notes.append("audio tracks differ in length (" + ", ".join(f"{s:.2f} s" for s in lengths)
                      + f"); the video lasts {max(lengths):.2f} s and shorter tracks are padded with silence")
@@ -282,8 +317,9 @@ def request_summary(loaded: LoadedRequest, fps: float) -> str:
     lines = [f"{req.origin}: {len(req.identities)} identit{'y' if len(req.identities) == 1 else 'ies'}, "
              f"{loaded.seconds:.2f} s -> {loaded.num_frames(fps)} frames at {fps:g} fps; prompt: {req.full_prompt!r}"]
     for i, (ident, img, trk) in enumerate(zip(req.identities, loaded.images, loaded.tracks)):
-        lines.append(f"  #{i}: {ident.ref} ({img.shape[1]}x{img.shape[0]}) + {ident.audio} "
-                     f"({len(trk) / AUDIO_RATE:.2f} s)")
+        heard = (f"{ident.audio} ({len(trk) / AUDIO_RATE:.2f} s)" if trk is not None
+                 else "no audio (a silent concept)")
+        lines.append(f"  #{i}: {ident.ref} ({img.shape[1]}x{img.shape[0]}) + {heard}")
     return "\n".join(lines + [f"  note: {n}" for n in loaded.notes])
 
 

@@ -275,10 +275,20 @@ class PulseTask:
     audio_dim: int = 8
     audio_noise: float = 0.05
     text_tokens: int = 4
+    silent: tuple[int, ...] = ()  # identities without audio (objects): constant brightness, no audio track
+
+    def __post_init__(self) -> None:
+        if any(not 0 <= i < 2 for i in self.silent):
+            raise ValueError(f"silent: identity indices must be 0 or 1, got {self.silent}")
 
     @property
     def video_frames(self) -> int:
         return 4 * (self.frames - 1) + 1
+
+    @property
+    def has_audio(self) -> torch.Tensor:
+        """[2] bool: which identities have audio."""
+        return torch.tensor([i not in self.silent for i in range(2)])
 
 
 def pulse_model_config(task: PulseTask = PulseTask()) -> InterActHumanConfig:
@@ -289,7 +299,8 @@ def pulse_model_config(task: PulseTask = PulseTask()) -> InterActHumanConfig:
 
 def make_pulse_batch(task: PulseTask, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """x0 [B, C, F, H, W], refs [B, 2, C, 1, R, R], masks [B, 2, F, H, W] (latent resolution, static), env [B, 2, F]
-    in [0, 1], audio [B, 2, T_video, D_a] per video frame."""
+    in [0, 1], audio [B, 2, T_video, D_a] per video frame. A ``silent`` identity (an object) keeps a constant
+    brightness (env 0.5) and its audio track is zeros (it has none: the trainer marks it ``has_audio`` False)."""
     C, Fr, H, W, R = task.channels, task.frames, task.height, task.width, task.ref_size
     g, N = generator, 2
     u = torch.randn(task.audio_dim, generator=torch.Generator().manual_seed(12345))
@@ -299,6 +310,8 @@ def make_pulse_batch(task: PulseTask, batch: int, generator: torch.Generator) ->
     refs = torch.ones(batch, N, C, 1, R, R) + 0.1 * torch.randn(batch, N, C, 1, R, R, generator=g)
     masks = torch.zeros(batch, N, Fr, H, W)
     env = torch.rand(batch, N, Fr, generator=g)
+    for i in task.silent:
+        env[:, i] = 0.5
     yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
     ry, rx = torch.meshgrid(torch.arange(R, dtype=torch.float32), torch.arange(R, dtype=torch.float32), indexing="ij")
     for b in range(batch):
@@ -332,16 +345,21 @@ def make_pulse_batch(task: PulseTask, batch: int, generator: torch.Generator) ->
     level = env[:, :, latent_of]  # [B, 2, T]
     audio = level[..., None] * u + task.audio_noise * torch.randn(batch, N, task.video_frames, task.audio_dim,
                                                                   generator=g)
+    audio[:, list(task.silent)] = 0.0
     return {"x0": x0, "refs": refs, "masks": masks, "env": env, "audio": audio}
 
 
-def pulse_training_batch(data: dict[str, torch.Tensor], text: torch.Tensor) -> dict[str, object]:
-    """A make_pulse_batch result as the trainer's batch (``model.data.collate``'s keys)."""
+def pulse_training_batch(data: dict[str, torch.Tensor], text: torch.Tensor,
+                         has_audio: torch.Tensor | None = None) -> dict[str, object]:
+    """A make_pulse_batch result as the trainer's batch (``model.data.collate``'s keys); ``has_audio`` [2] marks
+    the identities with audio (default: both)."""
     B = data["x0"].shape[0]
     targets = token_targets(data["masks"])
+    flags = torch.ones(2, dtype=torch.bool) if has_audio is None else has_audio.bool()
     return {"latents": data["x0"], "text_emb": text[:B], "audio_feats": data["audio"], "ref_latents": data["refs"],
             "mask_target": targets, "mask_valid": torch.ones(targets.shape[:3], dtype=torch.bool),
-            "identity_valid": torch.ones(B, 2, dtype=torch.bool), "has_masks": torch.ones(B, dtype=torch.bool)}
+            "identity_valid": torch.ones(B, 2, dtype=torch.bool), "has_masks": torch.ones(B, dtype=torch.bool),
+            "has_audio": flags[None].expand(B, 2).clone()}
 
 
 def train_on_pulses(model: InterActHumanModel, task: PulseTask = PulseTask(), steps: int = 1500,
@@ -359,7 +377,7 @@ def train_on_pulses(model: InterActHumanModel, task: PulseTask = PulseTask(), st
     t0 = time.perf_counter()
     history = []
     for step in range(1, steps + 1):
-        batch = pulse_training_batch(make_pulse_batch(task, batch_size, g), text)
+        batch = pulse_training_batch(make_pulse_batch(task, batch_size, g), text, task.has_audio)
         losses = compute_loss(model, batch, cfg, g, torch.device("cpu"), torch.float32, muted)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -427,3 +445,30 @@ def routing_ablation(model: InterActHumanModel, task: PulseTask = PulseTask(), s
                         "binding_accuracy": round((own_t > other_t).float().mean().item(), 4),
                         "mask_iou": round(torch.stack(ious).mean().item(), 4), "pairs": len(own)}
     return out
+
+
+@torch.no_grad()
+def identity_mask_iou(model: InterActHumanModel, task: PulseTask, samples: int = 32, t_values=(0.1, 0.2, 0.3),
+                      seed: int = 7) -> dict[str, list[float]]:
+    """Held-out mask IoU (prob > 0.5) per identity, averaged over samples and the flow times ``t_values``, next to
+    the all-ones mask's IoU per identity (a layout-free baseline). Each identity hears its own audio everywhere
+    (global audio, as in the samples the mask loss trains on); identities without audio get no audio path."""
+    data = make_pulse_batch(task, samples, torch.Generator().manual_seed(seed))
+    text = torch.randn(1, task.text_tokens, model.model_config.text_dim, generator=torch.Generator().manual_seed(0))
+    targets = token_targets(data["masks"])
+    g = torch.Generator().manual_seed(seed + 1)
+    noise = torch.randn(data["x0"].shape, generator=g)
+    present = task.has_audio[None].expand(samples, 2)
+    was_training = model.training
+    model.eval()
+    ious = []
+    for t in t_values:
+        tt = torch.full((samples,), float(t))
+        xt, _ = flow_matching_pair(data["x0"], noise, tt)
+        out = model(xt, tt * 1000, text.expand(samples, -1, -1), data["refs"], data["audio"],
+                    audio_present=present)
+        ious.append(mask_iou(out.mask > 0.5, targets).mean(dim=0))  # [2]
+    model.train(was_training)
+    ones = mask_iou(torch.ones_like(targets), targets).mean(dim=0)
+    return {"iou": [round(float(v), 4) for v in torch.stack(ious).mean(dim=0)],
+            "all_ones_iou": [round(float(v), 4) for v in ones]}

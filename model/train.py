@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 STAGES = ("audio", "multi")
+CONDITIONING = ("text", "first_frame")
 OUTSIDE_AUDIO = ("muted", "none")
 MASK_SUPERVISION = ("final", "per_layer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -59,6 +60,10 @@ class TrainConfig:
     audio_dir: str | None = None  # wav2vec2 snapshot
     init_from: str | None = None  # an InterActHuman model directory (save_pretrained), e.g. stage 1's output/model
     encoder_seed: int = 0  # tiny random encoders (no wan_dir): their seed
+    # "text": text-to-video; "first_frame": image-to-video as MultiTalk trains on Wan2.1 I2V: every example is
+    # conditioned on its own first frame (frame mask + latent of [first frame, zeros], CLIP tokens of the frame);
+    # needs an image-to-video model (model: tiny-i2v / wan2.1-i2v-14b, or an I2V wan_dir)
+    conditioning: str = "text"
     # data
     frames: int = 9
     height: int = 64
@@ -102,6 +107,8 @@ class TrainConfig:
 
             raise RecipeError(f"{f}: {msg}")
 
+        if self.conditioning not in CONDITIONING:
+            bad("conditioning", f"must be one of {', '.join(CONDITIONING)}, got {self.conditioning!r}")
         if self.stage not in STAGES:
             bad("stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.model not in CONFIGS:
@@ -127,9 +134,14 @@ class TrainConfig:
             bad("audio_dir", "real weights (wan_dir) need a wav2vec2 snapshot too")
         try:
             self.data_config()
-            self.model_config()
+            model_config = self.model_config()
         except ValueError as e:
             bad("data/model", str(e))
+        if model_config.image_to_video != (self.conditioning == "first_frame"):
+            kind = "an image-to-video" if model_config.image_to_video else "a text-to-video"
+            need = ("an image-to-video model (tiny-i2v, wan2.1-i2v-14b)" if self.conditioning == "first_frame"
+                    else "a text-to-video model")
+            bad("conditioning", f"model {self.model!r} is {kind} model; conditioning {self.conditioning!r} needs {need}")
 
     def data_config(self):
         from model.data import DataConfig
@@ -170,6 +182,10 @@ def build_model(cfg: TrainConfig) -> Any:
         overrides = {k: v for k, v in dataclasses.asdict(cfg.model_config()).items()
                      if k not in _backbone_keys()}
         model, report = InterActHumanModel.from_wan_pretrained(cfg.wan_dir, **overrides)
+        if model.model_config.image_to_video != (cfg.conditioning == "first_frame"):
+            kind = "an image" if model.model_config.image_to_video else "a text"
+            raise ValueError(f"wan_dir {cfg.wan_dir} holds {kind}-to-video Wan2.1 checkpoint, but conditioning is "
+                             f"{cfg.conditioning!r}")
         print(f"loaded Wan2.1 backbone from {cfg.wan_dir}; newly initialised: {', '.join(report.new_modules)}",
               file=sys.stderr)
         return model
@@ -178,9 +194,9 @@ def build_model(cfg: TrainConfig) -> Any:
 
 
 def _backbone_keys() -> set[str]:
-    from model.config import WAN_BACKBONE_KEYS
+    from model.config import WAN_BACKBONE_KEYS, WAN_I2V_KEYS
 
-    return set(WAN_BACKBONE_KEYS)
+    return set(WAN_BACKBONE_KEYS) | set(WAN_I2V_KEYS)
 
 
 def build_audio_encoder(cfg: TrainConfig) -> Any:
@@ -214,7 +230,7 @@ def build_stack(cfg: TrainConfig) -> Any:
     from model.stack import EncoderStack
 
     if cfg.wan_dir:
-        return EncoderStack.from_dirs(cfg.wan_dir, cfg.audio_dir)
+        return EncoderStack.from_dirs(cfg.wan_dir, cfg.audio_dir, image_encoder=cfg.conditioning == "first_frame")
     return EncoderStack.tiny(cfg.model_config(), seed=cfg.encoder_seed)
 
 
@@ -283,8 +299,10 @@ def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.G
     Stage ``multi``: a sample's audio is gated by its ground-truth masks, except where it hears global audio
     (gates all ones): samples without masks, the ``gate_free`` share, and samples whose audio is dropped (the
     sampler's unconditional row has gates all ones too). The mask loss applies exactly where the gates carry no
-    mask (the global-audio samples that have masks), over their valid (identity, frame) pairs. ``muted`` [T, D]:
-    features of silence, heard outside the masks (``outside_audio="muted"``)."""
+    mask (the global-audio samples that have masks), over their valid (identity, frame) pairs; and to the masks of
+    concepts without audio (``has_audio`` False: objects) in every sample that has masks, since no audio goes where
+    they are (they get no audio path; the model's ``audio_present``). ``muted`` [T, D]: features of silence, heard
+    outside the masks (``outside_audio="muted"``)."""
     from model.losses import LossConfig, flow_matching_pair, interacthuman_loss, sample_flow_time
 
     x0 = batch["latents"]
@@ -309,14 +327,24 @@ def compute_loss(model: Any, batch: dict[str, Any], cfg: TrainConfig, g: torch.G
                 raise ValueError("outside_audio='muted' needs the features of silence (muted)")
             muted_audio = muted[None].expand(B, *muted.shape) * keep_audio[:, None, None]
     to = dict(device=device)
+    i2v = {}
+    if cfg.conditioning == "first_frame":  # the clip's own first frame, never dropped (MultiTalk keeps it too)
+        if "condition" not in batch:
+            raise ValueError(f"conditioning 'first_frame': examples {batch['keys'][:2]} carry no first-frame "
+                             f"condition (features precomputed for a text-to-video model?)")
+        i2v = {k: batch[k].to(**to, dtype=dtype) for k in ("condition", "image_emb")}
     out = model(
         latents=xt.to(**to, dtype=dtype), timestep=(t * 1000).to(**to), text_emb=text.to(**to, dtype=dtype),
         ref_latents=batch["ref_latents"].to(**to, dtype=dtype), audio_feats=audio.to(**to, dtype=dtype),
         audio_gates=gates.to(**to, dtype=dtype) if gates is not None else None,
         identity_valid=batch["identity_valid"].to(device),
         muted_audio=muted_audio.to(**to, dtype=dtype) if muted_audio is not None else None,
+        audio_present=batch["has_audio"].to(device) if "has_audio" in batch else None, **i2v,
     )
     mask_valid = batch["mask_valid"] & supervised[:, None, None]
+    if multi and "has_audio" in batch:  # objects: wherever there are masks (no audio goes where they are)
+        objects = batch["has_masks"][:, None] & ~batch["has_audio"]  # [B, N]
+        mask_valid = mask_valid | (batch["mask_valid"] & objects[:, :, None])
     losses = interacthuman_loss(
         out, target.to(device), batch["mask_target"].to(device) if multi else None,
         mask_valid.to(device) if multi else None, batch["identity_valid"].to(device),

@@ -20,6 +20,7 @@ died. A run that is killed as a whole (its driver too) leaves no ledger: its uni
 from __future__ import annotations
 
 import faulthandler
+import functools
 import json
 import os
 import socket
@@ -40,9 +41,15 @@ class Ledger:
     def __init__(self) -> None:
         self.open: dict[tuple[str, str], dict[str, Any]] = {}  # (unit, stage) -> its start line
         self.deaths: dict[str, dict[str, Any]] = {}  # unit -> {"n": deaths, "line": last start, "timeout": bool}
+        # stage -> (node, pid) -> units started there: which workers did the work (as many entries as processes)
+        self.workers: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
 
     def start(self, line: dict[str, Any]) -> bool:
         key = (line["unit"], line["stage"])
+        w = self.workers.setdefault(line["stage"], {}).setdefault(
+            (line.get("node", ""), line["pid"]),
+            {"node": line.get("node", ""), "host": line["host"], "pid": line["pid"], "units": 0})
+        w["units"] += 1
         if key in self.open:  # started again without ending: its worker died (Ray retried the task)
             self._died(self.open[key])
         self.open[key] = line
@@ -62,6 +69,12 @@ class Ledger:
         d["line"] = line
         d["timeout"] = d["timeout"] or timeout
 
+    def worker_table(self) -> dict[str, list[dict[str, Any]]]:
+        """Per stage (and ``probe``, ``extract``, ``encode``), the worker processes that started its units: ``node``
+        (Ray's node id), ``host``, ``pid`` and ``units`` (how many they started). The driver records it in
+        ``run.json``: how far each operator's pool spread over the cluster."""
+        return {stage: sorted(ws.values(), key=lambda w: (w["node"], w["pid"])) for stage, ws in self.workers.items()}
+
     def report(self) -> dict[str, dict[str, Any]]:
         """Units that died: the deaths counted so far plus those still open (their worker is gone by now)."""
         out = {u: dict(d) for u, d in self.deaths.items()}
@@ -73,11 +86,15 @@ class Ledger:
 
 
 def start_ledger(run_id: str) -> Any:
-    """The ledger actor of a run (created by the driver; workers find it by name)."""
+    """The ledger actor of a run (created by the driver; workers find it by name). It lives on the driver's node:
+    a worker node that is lost mid-run (it would hold the ledger as often as not, the actor asking for no CPU) takes
+    only its own units down, not every unit's record."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return ray.remote(num_cpus=0, max_restarts=0)(Ledger).options(
-        name=LEDGER_NAME.format(run_id=run_id), lifetime=None).remote()
+        name=LEDGER_NAME.format(run_id=run_id), lifetime=None, scheduling_strategy=here).remote()
 
 
 def fault_dir(run_id: str) -> Path:
@@ -107,7 +124,8 @@ class AttemptLog:
     def _line(item: SourceItem, stage: str) -> dict[str, Any]:
         return {"unit": item.unit_id, "kind": item.kind, "path": item.path, "sha256": item.sha256,
                 "window": item.window, "windows": item.windows, "keys": list(item.unit_keys), "stage": stage,
-                "attempts": item.attempts, "pid": os.getpid(), "host": socket.gethostname(), "t": time.time()}
+                "attempts": item.attempts, "pid": os.getpid(), "host": socket.gethostname(), "node": _node_id(),
+                "t": time.time()}
 
     def start(self, item: SourceItem, stage: str) -> dict[str, Any]:
         """Record the start with the ledger and wait for it; returns the line for :meth:`end` (a unit's id can
@@ -140,6 +158,14 @@ class AttemptLog:
                 ray.get(self.ledger.timed_out.remote(line), timeout=30)
             finally:
                 os.kill(os.getpid(), 9)  # a hung native call cannot be interrupted any other way
+
+
+@functools.lru_cache(maxsize=1)
+def _node_id() -> str:
+    """This process's Ray node (a worker never moves)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 _LOG: AttemptLog | None = None

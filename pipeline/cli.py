@@ -321,15 +321,25 @@ docs/SAMPLING.md). Inputs are checked before any model loads. The output is an M
 longest track (frames = round(seconds * fps)), with the tracks mixed and muxed in.
 
 Identities, one of:
-  --prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]    pairs in order
+  --prompt TEXT --ref IMG1 --audio AUD1 [--ref IMG2 --audio AUD2 ...]    pairs in order; a --ref without an
+                       --audio after it is a silent concept (an object): a reference and a mask, no audio
   --spec FILE.json     {"prompt": ..., "identities": [{"ref": ..., "audio": ..., "text": ...}, ...]} or a list of them
   --batch FILE.txt     one sample per line: prompt@@img1@@audio1[@@img2@@audio2 ...] (OmniAvatar's format)
 
 Weights (local directories only):
   --model DIR          a trained model (save_pretrained dir, or a training output dir with model/ + train_config.json)
   --model tiny         a random tiny model (seeded): runs on a CPU without training; the video is noise
+                       (tiny-i2v: its image-to-video form)
   --wan-dir, --audio-dir   Wan2.1 diffusers snapshot and wav2vec2 snapshot (default: the training config's); a tiny
                        model without them uses the tiny random encoders it was trained with
+
+Image-to-video models (Wan2.1 I2V backbone) start the video from a first frame:
+  --first-frame IMG    that image, centre-cropped to the video size (default: ref:0)
+  --first-frame ref:K  the K-th --ref image on white
+
+Prompt rephrasing (the paper's inference): --rephrase [DIR] has Qwen2.5-VL (a local snapshot, default
+weights/Qwen2.5-VL-7B-Instruct) describe each reference and merges the descriptions into the prompt, each concept
+named and tied to its reference and audio track; the prompt used is written next to the video (<out>.prompt.txt).
 """
 SAMPLE_EXAMPLES = """\
 examples:
@@ -339,7 +349,20 @@ examples:
       --ref datasets/samples/images/face_recognition_biden.jpg \\
       --audio datasets/samples/audio/per_speaker/multitalk_multi3_1-woman.wav --out /tmp/out.mp4 --save-masks
   interacthuman sample --model runs/train-stage2-multi --batch prompts.txt --out outputs/
+  interacthuman sample --model tiny-i2v --prompt "a man talks" --first-frame datasets/samples/images/sadtalker_happy.png \\
+      --ref datasets/samples/images/face_recognition_obama.jpg \\
+      --audio datasets/samples/audio/per_speaker/multitalk_multi3_1-man.wav --out /tmp/i2v.mp4
+  interacthuman sample --model runs/train-stage2-multi --rephrase /weights/Qwen2.5-VL-7B-Instruct --spec two.json
 """
+
+
+class _IdentityFlag(argparse.Action):
+    """--ref / --audio: appended to their own list and, in the order given, to ``identity_flags``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest) or []) + [values])  # never the default
+        order = getattr(namespace, "identity_flags", None) or []
+        setattr(namespace, "identity_flags", order + [(self.dest, values)])
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -348,12 +371,20 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--prompt", metavar="TEXT", help="the scene caption (with --ref/--audio)")
-    g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="reference image of a person (repeat)")
-    g.add_argument("--audio", action="append", default=[], metavar="AUDIO", help="that person's audio track (repeat)")
+    g.add_argument("--ref", action=_IdentityFlag, default=[], metavar="IMAGE",
+                   help="reference image of a person or an object (repeat); without an --audio after it: silent")
+    g.add_argument("--audio", action=_IdentityFlag, default=[], metavar="AUDIO",
+                   help="the audio track of the --ref before it (repeat)")
     g.add_argument("--spec", metavar="FILE.json", help="JSON spec of one sample or a list of samples")
     g.add_argument("--batch", metavar="FILE.txt", help="lines prompt@@img1@@audio1[@@img2@@audio2 ...]")
     g.add_argument("--out", "-o", metavar="PATH",
                    help="output MP4 (default sample.mp4), or a directory for several samples (default samples/)")
+    g.add_argument("--first-frame", metavar="IMG|ref:K",
+                   help="image-to-video models: the video's first frame, an image or the K-th reference "
+                        "(default ref:0)")
+    g.add_argument("--rephrase", nargs="?", const="weights/Qwen2.5-VL-7B-Instruct", metavar="DIR",
+                   help="rephrase the prompt from the references with Qwen2.5-VL from DIR "
+                        "(default weights/Qwen2.5-VL-7B-Instruct)")
     g.add_argument("--save-masks", action="store_true",
                    help="also write <out>.masks.mp4 (mask overlay) and <out>.masks.npz (the masks)")
     w = p.add_argument_group("weights")
@@ -374,8 +405,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="denoising steps before predicted masks gate the audio (default 10)")
     s.add_argument("--early-audio", default="global", choices=("global", "withheld"),
                    help="audio before --mask-start with several people: everywhere, or none (default global)")
-    s.add_argument("--mask-threshold", default="0.5", metavar="P|soft",
-                   help="gate = mask >= P (default 0.5), or 'soft' to gate with the probabilities")
+    s.add_argument("--mask-threshold", default="soft", metavar="P|soft",
+                   help="gate with the mask probabilities, blended with muted audio (soft, the paper's; default), "
+                        "or gate = mask >= P")
     s.add_argument("--fps", type=float, default=25.0)
     s.add_argument("--height", type=int, help="video height (default: the training config's, or the model's)")
     s.add_argument("--width", type=int, help="video width")
@@ -643,7 +675,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from model.sample_inputs import InputError, load_request, read_batch_file, read_spec, request_from_args, \
+    from model.sample_inputs import InputError, load_request, read_batch_file, read_spec, request_from_flags, \
         request_summary
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -657,9 +689,9 @@ def _sample(args: argparse.Namespace) -> int:
         elif args.batch:
             requests = read_batch_file(args.batch)
         else:
-            requests = [request_from_args(args.prompt, args.ref, args.audio)]
-        from model.sample import SamplingConfig, check_encoder_dirs, check_sizes, resolve_model_source, \
-            resolve_sampling_config
+            requests = [request_from_flags(args.prompt, getattr(args, "identity_flags", None) or [])]
+        from model.sample import SamplingConfig, check_encoder_dirs, check_first_frame, check_sizes, \
+            resolve_model_source, resolve_sampling_config
 
         source = resolve_model_source(args.model)
         wan_dir = args.wan_dir or source.train_config.get("wan_dir")
@@ -687,6 +719,11 @@ def _sample(args: argparse.Namespace) -> int:
         for r in requests:
             check_sizes(source.config, cfg, len(r.identities))
             loaded.append(load_request(r))
+        first_frame = check_first_frame(args.first_frame, source.config, [len(r.identities) for r in requests])
+        if args.rephrase:
+            from model.rephrase import check_rephrase_weights
+
+            check_rephrase_weights(args.rephrase)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -699,20 +736,42 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.threads or (pick_device(args.device).type == "cpu" and not source.expects_real_encoders):
         torch.set_num_threads(args.threads or 1)
+    rephrased = [None] * len(loaded)
+    if args.rephrase:  # before the sampler loads: the two models never share the device
+        from model.rephrase import Concept, PromptRephraser
+
+        rephraser = PromptRephraser(args.rephrase, device=None if args.device == "auto" else args.device)
+        # a reference without an audio track is a silent concept: described as an object
+        rephrased = [rephraser(item.request.full_prompt,
+                               [Concept(img, kind="person" if ident.audio else "object", has_audio=bool(ident.audio))
+                                for img, ident in zip(item.images, item.request.identities)])
+                     for item in loaded]
+        del rephraser
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        for r in rephrased:
+            log(f"rephrased prompt: {r.prompt}")
 
     sampler = InterActHumanSampler.from_dirs(source.name, wan_dir, audio_dir, device=args.device, dtype=args.dtype,
                                              seed=args.seed)
     for note in sampler.notes:
         log(note)
-    for item, out in zip(loaded, outs):
-        result = sampler.sample_request(item, cfg, progress=log)
+    for item, out, reph in zip(loaded, outs, rephrased):
+        result = sampler.sample_request(item, cfg, progress=log, first_frame=first_frame,
+                                        prompt=reph.prompt if reph else None)
         for note in result.notes:
             if note not in item.notes:  # those were printed with the inputs
                 log(f"note: {note}")
         written = result.write(out, save_masks=args.save_masks, extra={
             "request": {"origin": item.request.origin, "identities": [
                 {"ref": i.ref, "audio": i.audio, "text": i.text} for i in item.request.identities]},
-            "model": source.name, "loading": sampler.notes})
+            "model": source.name, "loading": sampler.notes,
+            **({"rephrase": {**reph.as_dict(), "weights": str(args.rephrase)}} if reph else {})})
+        if reph:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            prompt_file = out.with_suffix(".prompt.txt")
+            prompt_file.write_text(reph.prompt + "\n")
+            written.append(prompt_file)
         print(f"wrote {', '.join(str(p) for p in written)} ({result.num_frames} frames, "
               f"{result.duration:.2f} s, {result.seconds:.1f} s to sample)")
     return 0

@@ -31,7 +31,7 @@ from typing import Any, Callable
 @dataclass
 class SampleSpec:
     prompt: str = "two people talk to each other"
-    identities: list[dict[str, str]] = field(default_factory=list)  # [{ref: image path, audio: audio path}]
+    identities: list[dict[str, str]] = field(default_factory=list)  # [{ref: image, audio: track}]; no audio: an object
     steps: int = 10
     cfg_scale: float = 6.5
     seconds: float | None = None  # cut the audio to this length (None: the whole audio)
@@ -72,10 +72,14 @@ def load_run_recipe(path: str | Path, overrides: list[str] | None = None) -> Run
             if not r.sample.identities:
                 raise RecipeError("sample.identities: at least one {ref, audio} pair is required")
             for i, ident in enumerate(r.sample.identities):
-                if set(ident) - {"ref", "audio", "text"} or not {"ref", "audio"} <= set(ident):
-                    raise RecipeError(f"sample.identities[{i}]: expected ref, audio (and optional text)")
+                if set(ident) - {"ref", "audio", "text"} or "ref" not in ident:
+                    raise RecipeError(f"sample.identities[{i}]: expected ref, audio (and optional text); an "
+                                      f"identity without audio is a silent concept (an object)")
                 for k in ("ref", "audio"):
-                    ident[k] = resolve_path(ident[k], base)
+                    if ident.get(k) is not None:
+                        ident[k] = resolve_path(ident[k], base)
+            if all(ident.get("audio") is None for ident in r.sample.identities):
+                raise RecipeError("sample.identities: at least one identity needs an audio track")
 
     return load_yaml_dataclass(RunRecipe, path, overrides, finish, what="run recipe")
 
@@ -144,8 +148,8 @@ def _sample(train_dir: Path, spec: SampleSpec, video: Path, log: Callable[[str],
 
     identities = []
     for ident in spec.identities:
-        audio = load_audio(ident["audio"])
-        if spec.seconds:
+        audio = load_audio(ident["audio"]) if ident.get("audio") is not None else None  # None: a silent concept
+        if spec.seconds and audio is not None:
             audio = audio[: int(spec.seconds * 16000)]
         identities.append((ident["ref"], audio, ident.get("text", "")))
     train_cfg = json.loads((train_dir / "train_config.json").read_text())

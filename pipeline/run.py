@@ -49,6 +49,53 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _report_node() -> dict[str, Any]:
+    """Runs on one node of the cluster (a Ray task): what is installed there."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "versions": package_versions()}
+
+
+def node_versions(ray: Any, log: Callable[[str], None], timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """Ask every alive node of the cluster, with one small task pinned to it, for its package versions; warn about
+    each node whose versions differ from this driver's. Returns one entry per node (``node_id``, ``ip``,
+    ``resources``, ``versions``, ``differs``: package -> [driver's, node's]) for ``run.json``. A node that does not
+    answer within ``timeout_s`` (still starting, unreachable) gets ``error`` instead of ``versions``."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    mine = package_versions()
+    report = ray.remote(num_cpus=0, max_retries=0)(_report_node)  # no CPU: it also runs on a head with 0 CPUs
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [report.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    out = []
+    for n, ref in zip(nodes, refs):
+        entry: dict[str, Any] = {"node_id": n["NodeID"], "ip": n.get("NodeManagerAddress"),
+                                 "resources": {k: v for k, v in n.get("Resources", {}).items()
+                                               if not k.startswith("node:")}}
+        try:
+            got = ray.get(ref) if ref in ready else None
+        except Exception as e:  # noqa: BLE001 - a node that cannot run the task is reported, not fatal
+            got, entry["error"] = None, f"{type(e).__name__}: {e}"
+        if got is None:
+            entry.setdefault("error", f"no answer within {timeout_s:g} s")
+            log(f"warning: node {entry['ip']} ({n['NodeID'][:8]}) did not report its package versions: "
+                f"{entry['error']}")
+        else:
+            entry.update(host=got["host"], versions=got["versions"])
+            differs = {p: [mine.get(p), got["versions"].get(p)] for p in sorted(set(mine) | set(got["versions"]))
+                       if mine.get(p) != got["versions"].get(p)}
+            entry["differs"] = differs
+            if differs:
+                log(f"warning: node {got['host']} ({entry['ip']}) has other package versions than this driver: "
+                    + ", ".join(f"{p} {a or 'absent'} here, {b or 'absent'} there" for p, (a, b) in differs.items()))
+        out.append(entry)
+    return out
+
+
 def init_ray(address: str | None, log: Callable[[str], None], worker_logs: bool = False,
              user_modules: list[str] | None = None) -> Any:
     """Start a local Ray, or join ``address``. Worker output (mediapipe's C++ log lines among it) is forwarded to
@@ -227,6 +274,9 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
             from stages import user_stage_modules
 
             ray = init_ray(recipe.run.address, log, worker_logs, user_stage_modules(recipe.stages))
+            if recipe.run.address:  # a cluster: record what each node has installed, next to the driver's versions
+                info["nodes"] = node_versions(ray, log)
+                storage.write_text(storage.join(run_dir, "run.json"), json.dumps(info, indent=2, default=str))
             ledger = start_ledger(run_id)
             progress = None
             if not sys.stderr.isatty() and recipe.run.progress_interval_s > 0:
@@ -237,6 +287,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
             finally:
                 if progress is not None:
                     progress.stop()
+                info["workers"] = ray.get(ledger.worker_table.remote())  # stage -> the processes that worked in it
                 _settle(ray, ledger, run_dir, run_id, fingerprint, recipe.run.max_attempts, log)
         wall = time.time() - t0
 

@@ -16,6 +16,12 @@ member         content
 
 Keys are ``<first 16 hex of the source sha256>_<start_ms>_<end_ms>``: deterministic, so reruns are idempotent.
 
+**Identities** (``json.identities``, in the order of the masks' rows and the ``ref_<i>.png`` numbers): the people
+first (``"kind": "person"``: a face track, a phrase, speaking intervals, so their audio routing), then the objects
+the production caption named and the production masks backend found (``"kind": "object"``: a phrase, the person it
+goes with, a box; no face track and no speaking intervals, so no audio). An identity without ``kind`` (shards written
+before objects existed) is a person: :meth:`Sample.kinds`.
+
 :class:`ShardWriter` writes to ``<name>.tar.tmp`` and renames to ``<name>.tar`` only when the shard is complete and
 flushed to disk, so a crash never leaves a half shard that a reader would accept. Readers take the list of committed
 shards from the run manifest (:func:`pipeline.manifest.committed_shards`), never from a directory listing alone.
@@ -244,6 +250,10 @@ class Sample:
     def masks(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(masks [N, T, h, w] bool, valid [N, T] bool)`` or None when the sample has no masks."""
         return unpack_masks(self.raw["masks.npz"]) if "masks.npz" in self.raw else None
+
+    def kinds(self) -> list[str]:
+        """``person`` or ``object`` per identity, in identity order (no ``kind``: a person, as old shards)."""
+        return [str(i.get("kind") or "person") for i in self.meta.get("identities") or []]
 
     def refs(self) -> list[np.ndarray]:
         """Reference crops as RGB uint8 arrays, in identity order."""

@@ -11,15 +11,19 @@ Backends:
   labelled with their times), with Qwen's 3-D vision positions, and with what is known about the people (numbered
   left to right, their boxes, who speaks when, in the same seconds); clips are captioned in batches of
   ``batch_size`` (left-padded). The model answers with a JSON object
-  ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...]}``. The answer is validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
+  ``{"caption": ..., "identities": [{"id": i, "phrase": ...}, ...], "objects": [{"phrase": ..., "person": i}]}``
+  (``objects``: the salient objects people interact with, at most ``max_objects``, each with a phrase that finds it
+  in the frame and the person it goes with; the masks stage's ``grounded_sam2`` backend masks them). The answer is
+  validated (:func:`parse_caption_answer`); a malformed answer is asked again (``max_retries``, sampling)
   and, if it stays malformed, recorded in ``clip.meta["caption_error"]`` and handled as ``on_failure`` says: drop the
   clip (``caption_invalid``) or fall back to the template (marked as such). It is never passed on.
 
 The paper's keyword rule then applies: a caption naming no person (``keywords``) drops the clip
 (``no_human_keyword``).
 
-Writes ``clip.meta["caption"]``, ``clip.meta["caption_source"]`` (``template`` or the model directory's name) and
-``clip.meta["identities"][i]["phrase"]``.
+Writes ``clip.meta["caption"]``, ``clip.meta["caption_source"]`` (``template`` or the model directory's name),
+``clip.meta["identities"][i]["phrase"]`` and, with ``qwen_vl``, ``clip.meta["objects"]`` (the template names no
+objects: it says only what earlier stages measured, and no package ships an offline object detector).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class CaptionConfig(StageConfig, IdentityFields):
     max_retries: int = 2  # qwen_vl: new answers asked for after a malformed one
     temperature: float = 0.7  # qwen_vl: sampling temperature of the retries (the first answer is greedy)
     on_failure: str = "drop"  # qwen_vl: drop | template, when every answer is malformed
+    max_objects: int = 2  # qwen_vl: name at most this many salient objects people interact with (0: none)
 
     def validate(self, where: str) -> None:
         from pipeline.recipe import RecipeError
@@ -75,6 +80,8 @@ class CaptionConfig(StageConfig, IdentityFields):
             raise RecipeError(f"{where}.image_side: must be between 28 and 2048, got {self.image_side}")
         if not 16 <= self.max_new_tokens <= 4096:
             raise RecipeError(f"{where}.max_new_tokens: must be between 16 and 4096, got {self.max_new_tokens}")
+        if not 0 <= self.max_objects <= 8:
+            raise RecipeError(f"{where}.max_objects: must be between 0 and 8, got {self.max_objects}")
         if not 0 <= self.max_retries <= 10:
             raise RecipeError(f"{where}.max_retries: must be between 0 and 10, got {self.max_retries}")
         if not 0.0 < self.temperature <= 2.0:
@@ -219,9 +226,11 @@ class CaptionFormatError(ValueError):
     """A captioner's answer is not the JSON object the prompt asked for."""
 
 
-def parse_caption_answer(text: str, n_identities: int) -> dict[str, Any]:
+def parse_caption_answer(text: str, n_identities: int, max_objects: int = 0) -> dict[str, Any]:
     """Validate an answer: ``{"caption": str, "identities": [{"id": 0..n-1, "phrase": str}, ...]}`` (one per
-    identity; code fences and text around the object are tolerated). Raises :class:`CaptionFormatError`."""
+    identity; code fences and text around the object are tolerated) and, with ``max_objects``, an optional
+    ``"objects": [{"phrase": str, "person": 0..n-1 or null}, ...]`` (the first ``max_objects`` are kept). Raises
+    :class:`CaptionFormatError`."""
     s = text.strip()
     fence = re.search(r"```(?:json)?\s*(.*?)```", s, flags=re.S)
     if fence:
@@ -254,10 +263,26 @@ def parse_caption_answer(text: str, n_identities: int) -> dict[str, Any]:
         if not isinstance(p, str) or not p.strip() or len(p) > 200:
             raise CaptionFormatError(f"identity {i}: 'phrase' must be a non-empty string under 200 characters")
         phrases[i] = p.strip()
-    return {"caption": cap.strip(), "phrases": [phrases[i] for i in range(n_identities)]}
+    objects = []
+    raw = obj.get("objects", []) if max_objects else []
+    if not isinstance(raw, list):
+        raise CaptionFormatError("'objects' must be a list")
+    for k, e in enumerate(raw):
+        if not isinstance(e, dict):
+            raise CaptionFormatError(f"object {k}: must be an object with a 'phrase'")
+        p = e.get("phrase")
+        if not isinstance(p, str) or not p.strip() or len(p) > 200:
+            raise CaptionFormatError(f"object {k}: 'phrase' must be a non-empty string under 200 characters")
+        who = e.get("person")
+        if who is not None and (not isinstance(who, int) or isinstance(who, bool) or not 0 <= who < n_identities):
+            raise CaptionFormatError(f"object {k}: 'person' must be a person id 0..{n_identities - 1} or null")
+        if p.strip().lower() not in {o["phrase"].lower() for o in objects}:
+            objects.append({"phrase": p.strip(), "person": who})
+    return {"caption": cap.strip(), "phrases": [phrases[i] for i in range(n_identities)],
+            "objects": objects[:max_objects]}
 
 
-def caption_prompt(clip: Clip, identities: list[dict[str, Any]], visual_note: str) -> str:
+def caption_prompt(clip: Clip, identities: list[dict[str, Any]], visual_note: str, max_objects: int = 0) -> str:
     """The captioning prompt: how the frames map to seconds (``visual_note``, :func:`stages.qwen_vl.visual_note`),
     the people numbered left to right with their face boxes and speaking times (seconds from the clip start), the
     task and the JSON answer format."""
@@ -279,9 +304,17 @@ def caption_prompt(clip: Clip, identities: list[dict[str, Any]], visual_note: st
         "gender), their actions and facial expressions, and how they interact.")
     example = ", ".join(f'{{"id": {i}, "phrase": "<a short noun phrase naming person {i} by appearance>"}}'
                         for i in range(n))
+    objects = ""
+    if max_objects:
+        lines.append(
+            f"Name the salient objects a person interacts with (holds, uses, touches, plays), at most {max_objects}, "
+            "each with a short noun phrase that finds it in the frame (for example \"a red coffee mug\") and the id "
+            "of the person it goes with; an empty list if there are none. Do not list people, clothing or the "
+            "background.")
+        objects = ', "objects": [{"phrase": "<a short noun phrase naming the object>", "person": <person id>}]'
     lines.append(
         'Answer with only a JSON object and no other text: {"caption": "<one paragraph>", "identities": ['
-        + example + "]}.")
+        + example + "]" + objects + "}.")
     if n:
         lines.append(f'"identities" must have exactly {n} entries, with ids 0 to {n - 1}.')
     return "\n".join(lines)
@@ -388,7 +421,7 @@ class CaptionStage(Stage):
             images.append(cv2.resize(f, (max(28, int(f.shape[1] * sc)), max(28, int(f.shape[0] * sc))),
                                      interpolation=cv2.INTER_AREA) if sc < 1 else f)
         req = QwenRequest(prompt="", frames=images, times=[k / afps for k in picks], visual=cfg.visual)
-        req.prompt = caption_prompt(clip, ids, visual_note(req, clip.duration))
+        req.prompt = caption_prompt(clip, ids, visual_note(req, clip.duration), cfg.max_objects)
         return req
 
     def _qwen(self, chunk: list[tuple[Clip, list[dict[str, Any]], list[str | None]]]) -> None:
@@ -409,7 +442,7 @@ class CaptionStage(Stage):
                                           seed=attempt)
             for k, ans in zip(todo, answers):
                 try:
-                    parsed[k] = parse_caption_answer(ans.text, len(chunk[k][1]))
+                    parsed[k] = parse_caption_answer(ans.text, len(chunk[k][1]), cfg.max_objects)
                 except CaptionFormatError as e:
                     msg = str(e)
                     if ans.truncated:
@@ -428,6 +461,9 @@ class CaptionStage(Stage):
             clip.meta["caption_source"] = f"qwen_vl:{_dir_name(cfg.weights)}"
             for ident, ph in zip(ids, p["phrases"]):
                 ident["phrase"] = ph
+            if cfg.max_objects:
+                clip.meta["objects"] = p["objects"]
+                clip.scores[self.name]["objects"] = len(p["objects"])
 
 
 def _dir_name(path: str | None) -> str:

@@ -8,9 +8,11 @@ the first annotation stage detects and tracks faces itself (:class:`stages.visio
 The first annotation stage that runs (lip sync, caption or masks; each has ``min_face_coverage`` and
 ``max_identities``) writes ``clip.meta["identities"]``; later stages reuse that list, so identity ``i`` means the same
 person in the masks, the reference crops, the speaking intervals and the phrases. Identities are numbered left to
-right (by the median centre of their face boxes)::
+right (by the median centre of their face boxes). The masks stage's production backend may append objects after the
+people (``"kind": "object"``, no face track: see :mod:`stages.masks`); stages that work on faces take the people
+(:func:`people`). Shards written before objects existed have no ``kind``: every identity is a person::
 
-    {"id": 0, "track": 3, "position": "left", "box_fps": 5.0,
+    {"id": 0, "kind": "person", "track": 3, "position": "left", "box_fps": 5.0,
      "frames": [0, 1, ...],                        # analysis frame indices where the face was detected
      "boxes": [[x0, y0, x1, y1, score], ...]}      # normalised 0..1, one per entry of "frames"
 """
@@ -128,6 +130,7 @@ def build_identities(tracks: list[dict[str, Any]], n_frames: int, fps: float, mi
         t = keep[int(i)]
         out.append({
             "id": rank,
+            "kind": "person",
             "track": int(t["id"]),
             "position": words[rank],
             "box_fps": fps,
@@ -135,6 +138,11 @@ def build_identities(tracks: list[dict[str, Any]], n_frames: int, fps: float, mi
             "boxes": [[round(float(v), 4) for v in b[:5]] for b in t["boxes"]],
         })
     return out
+
+
+def people(identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The identities that are people (``kind`` person, or no ``kind``: written before objects existed)."""
+    return [i for i in identities if i.get("kind", "person") == "person"]
 
 
 def ensure_identities(clip: Clip, min_coverage: float = 0.3, max_identities: int = 4,

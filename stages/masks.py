@@ -17,6 +17,19 @@ Backends:
   the clip. A frame is valid where SAM2's object score says the object is present. Both models load through
   transformers from local directories (``<weights>/grounding_dino`` and ``<weights>/sam2``).
 
+  **Objects.** The caption stage's production backend names the salient objects people interact with
+  (``clip.meta["objects"]``: ``[{"phrase": "a red mug", "person": 0}, ...]``). Each phrase (at most
+  ``max_objects``) is grounded on the key frame by Grounding-DINO alone (its best box; none above ``box_threshold``:
+  not found; a box that is a person's, IoU >= ``max_person_overlap``: dropped) and SAM2 tracks it together with the
+  people, so every pixel has one owner. Its frames are valid where SAM2's score is at least ``min_mask_score``; an
+  object valid in fewer than ``min_valid_fraction`` of the frames is left out (the clip stays). A kept object
+  becomes an identity after the people: ``{"id": n, "kind": "object", "phrase", "person", "box", "detect_score",
+  "ref", "mask_area", "mask_valid"}`` (no face track, no speaking intervals: objects have no audio), with its mask
+  rows and its ``ref_<n>.png``. ``clip.scores["masks"]["objects"]`` counts them, ``objects_missed`` says why the
+  others were not kept.
+* The embedded backend masks no objects: no package ships an object detector that runs offline. It says so
+  (``clip.meta["masks"]["objects"]`` and ``objects: 0`` in the scores); it never guesses one.
+
 Output: ``clip.members["masks.npz"]`` (:func:`pipeline.shards.pack_masks`: bool ``[N, T, h, w]`` at the analysis
 frame times and 1/``stride`` of the clip size, valid ``[N, T]``, scores ``[N, T]``), ``clip.members["ref_<i>.png"]``,
 ``clip.meta["masks"]`` (the grid and times) and per identity ``mask_area``, ``mask_valid``, ``ref`` and
@@ -35,7 +48,7 @@ import numpy as np
 from pipeline.item import Clip, SourceItem
 from pipeline.shards import pack_masks
 from stages.base import Stage, StageConfig
-from stages.identities import IdentityFields, boxes_at, ensure_identities
+from stages.identities import IdentityFields, boxes_at, ensure_identities, people
 
 
 @dataclass
@@ -49,6 +62,8 @@ class MaskConfig(StageConfig, IdentityFields):
     box_threshold: float = 0.3  # grounded_sam2: Grounding-DINO box score threshold
     text_threshold: float = 0.25  # grounded_sam2: Grounding-DINO text score threshold
     sam_size: int = 1024  # grounded_sam2: SAM2 input size (the checkpoint's image_size)
+    max_objects: int = 2  # grounded_sam2: mask at most this many of the caption's objects (0: none)
+    max_person_overlap: float = 0.8  # grounded_sam2: an object box with this IoU to a person's box is that person
 
     def validate(self, where: str) -> None:
         from pipeline.recipe import RecipeError
@@ -58,7 +73,9 @@ class MaskConfig(StageConfig, IdentityFields):
             raise RecipeError(f"{where}.stride: must be between 1 and 64, got {self.stride}")
         if self.reach <= 0:
             raise RecipeError(f"{where}.reach: must be > 0, got {self.reach}")
-        for name in ("min_mask_score", "min_valid_fraction", "box_threshold", "text_threshold"):
+        if not 0 <= self.max_objects <= 8:
+            raise RecipeError(f"{where}.max_objects: must be between 0 and 8, got {self.max_objects}")
+        for name in ("min_mask_score", "min_valid_fraction", "box_threshold", "text_threshold", "max_person_overlap"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise RecipeError(f"{where}.{name}: must be in [0, 1], got {v}")
@@ -373,6 +390,9 @@ def person_box_for(face: np.ndarray, detections: list[tuple[np.ndarray, float, s
 # The stage
 # --------------------------------------------------------------------------------------------------------------
 
+EMBEDDED_OBJECTS_NOTE = ("none: the embedded backend has no object detector (no package ships one that runs "
+                         "offline); the grounded_sam2 backend masks the caption's objects")
+
 
 class MaskStage(Stage):
     name = "masks"
@@ -406,6 +426,8 @@ class MaskStage(Stage):
     def process(self, clip: Clip, item: SourceItem | None = None) -> str | None:
         cfg = self.config
         ids = ensure_identities(clip, cfg.min_face_coverage, cfg.max_identities)
+        if len(people(ids)) < len(ids):  # objects of an earlier pass: found again below
+            ids = clip.meta["identities"] = people(ids)
         frames = clip.analysis_frames()
         t_an, ah, aw = frames.shape[:3]
         afps = float(clip.meta["analysis"]["fps"])
@@ -414,8 +436,13 @@ class MaskStage(Stage):
         times = np.arange(t_an) / afps
         clip.meta["masks"] = {"backend": cfg.backend, "fps": afps, "frames": t_an, "width": gw, "height": gh,
                               "stride": cfg.stride, "time_of_frame": "k / fps seconds (the analysis frames)"}
-        scores_out: dict[str, Any] = {"backend": cfg.backend, "identities": len(ids)}
+        scores_out: dict[str, Any] = {"backend": cfg.backend, "identities": len(ids), "objects": 0}
         clip.scores[self.name] = scores_out
+        wanted = [o for o in clip.meta.get("objects") or [] if isinstance(o, dict) and o.get("phrase")]
+        if cfg.backend == "embedded":
+            clip.meta["masks"]["objects"] = EMBEDDED_OBJECTS_NOTE
+            if wanted:
+                scores_out["objects_missed"] = {"no_object_detector": len(wanted)}
         if len(ids) < cfg.min_identities or not ids:
             return self.decide(scores_out)
         n = len(ids)
@@ -427,22 +454,52 @@ class MaskStage(Stage):
             known.append(~np.isnan(boxes_at(ident, times)[0]).any(axis=1))
             boxes.append(boxes_at(ident, times, max_gap_s=np.inf, hold_s=np.inf)[0])
         ref_frames = pick_ref_frames(frames, ids, afps)
+        prompts = None
+        objects: list[dict[str, Any]] = []
+        if cfg.backend == "grounded_sam2":
+            key, person = self._person_boxes(frames, boxes, ids)
+            objects, missed = self._find_objects(frames[key], person, wanted[: cfg.max_objects])
+            if len(wanted) > cfg.max_objects:
+                missed["over_max_objects"] = len(wanted) - cfg.max_objects
+            prompts = (key, np.concatenate([person, np.stack([o["box"] for o in objects])]) if objects else person)
+            ref_frames = ref_frames + [key] * len(objects)  # an object's reference: the frame it was found on
+        total = n + len(objects)
         ref_soft: dict[tuple[int, int], np.ndarray] = {}
-        masks = np.zeros((n, t_an, gh, gw), bool)
-        conf = np.zeros((n, t_an), np.float32)
+        masks = np.zeros((total, t_an, gh, gw), bool)
+        conf = np.zeros((total, t_an), np.float32)
         work = (min(aw, 2 * gw), min(ah, 2 * gh))  # masks are worked out at twice the grid, refs at full size
-        for t, soft, sc in self._soft_masks(frames, boxes, ids, work, set(ref_frames)):
+        for t, soft, sc in self._soft_masks(frames, boxes, ids, work, set(ref_frames), prompts):
             conf[:, t] = sc
             masks[:, t] = to_grid(soft >= 0.5, (gw, gh))
-            for i in range(n):
+            for i in range(total):
                 if ref_frames[i] == t:
                     ref_soft[(i, t)] = soft[i]
-        valid = (conf >= cfg.min_mask_score) & np.stack(known) & masks.any(axis=(2, 3))
+        valid = (conf >= cfg.min_mask_score) & masks.any(axis=(2, 3))
+        valid[:n] &= np.stack(known)  # a person's frame needs its face; an object's only SAM2's confidence
+        if objects:  # objects valid in too few frames are left out; the clip and its people stay
+            keep = [n + j for j in range(len(objects)) if valid[n + j].mean() >= cfg.min_valid_fraction]
+            dropped = len(objects) - len(keep)
+            if dropped:
+                missed["masks_unreliable"] = dropped
+            rows = list(range(n)) + keep
+            objects = [objects[r - n] for r in keep]
+            masks, valid, conf = masks[rows], valid[rows], conf[rows]
+            ref_frames = [ref_frames[r] for r in rows]
+            ref_soft = {(k, ref_frames[k]): ref_soft[(r, ref_frames[k])] for k, r in enumerate(rows)
+                        if (r, ref_frames[k]) in ref_soft}
+            for j, o in enumerate(objects):
+                ids.append({"id": n + j, "kind": "object", "phrase": o["phrase"], "person": o["person"],
+                            "box": [round(float(v), 4) for v in o["box"]], "detect_score": round(o["score"], 3),
+                            "box_frame": int(prompts[0])})
+        if cfg.backend == "grounded_sam2":
+            scores_out["objects"] = len(objects)
+            if missed:
+                scores_out["objects_missed"] = missed
         clip.members["masks.npz"] = pack_masks(masks, valid, conf)
         # Reference crops from the clip frames (full size), alpha from the analysis-size soft mask.
         fps = float(clip.meta["clip"]["fps"])
         want = {i: min(int(clip.meta["clip"].get("frames") or 1) - 1, int(round(ref_frames[i] / afps * fps)))
-                for i in range(n)}
+                for i in range(len(ids))}
         got = clip_frames_at(clip, list(want.values()))
         import cv2
 
@@ -457,8 +514,10 @@ class MaskStage(Stage):
             ident["ref_time_s"] = round(want[i] / fps, 3)
             ident["mask_area"] = round(float(masks[i].mean()), 4)
             ident["mask_valid"] = round(float(valid[i].mean()), 3)
-        scores_out["valid_fraction"] = [round(float(v), 3) for v in valid.mean(axis=1)]
-        scores_out["mask_score"] = [round(float(np.mean(c)), 3) for c in conf]
+        scores_out["valid_fraction"] = [round(float(v), 3) for v in valid[:n].mean(axis=1)]  # people (the rule)
+        scores_out["mask_score"] = [round(float(np.mean(c)), 3) for c in conf[:n]]
+        if objects:
+            scores_out["object_valid_fraction"] = [round(float(v), 3) for v in valid[n:].mean(axis=1)]
         return self.decide(scores_out)
 
     def decide(self, scores: dict[str, Any]) -> str | None:
@@ -471,20 +530,57 @@ class MaskStage(Stage):
             return "masks_unreliable"
         return None
 
-    def _soft_masks(self, frames: np.ndarray, boxes: list[np.ndarray], ids: list[dict[str, Any]],
-                    work: tuple[int, int], full_at: set[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        if self.config.backend == "embedded":
-            yield from self.splitter(frames, boxes, work, full_at)
-            return
+    def _person_boxes(self, frames: np.ndarray, boxes: list[np.ndarray], ids: list[dict[str, Any]]
+                      ) -> tuple[int, np.ndarray]:
+        """grounded_sam2: the key frame (where most faces are known, earliest first) and each person's box there,
+        from Grounding-DINO prompted with the appearance phrases."""
         assert self.gsam is not None, "setup() was not called"
-        n = len(ids)
-        # Key frame: the one where most faces are known, earliest first.
         known = np.stack([~np.isnan(b).any(axis=1) for b in boxes])
         key = int(np.argmax(known.sum(axis=0)))
         phrases = [ident.get("phrase") or "person" for ident in ids]
         dets = self.gsam.detect(frames[key], sorted(set(phrases)))
         faces = [b[key] if not np.isnan(b[key]).any() else np.nanmean(b, axis=0) for b in boxes]
-        person = np.stack([person_box_for(f, dets) for f in faces])
+        return key, np.stack([person_box_for(f, dets) for f in faces])
+
+    def _find_objects(self, frame: np.ndarray, person: np.ndarray, wanted: list[dict[str, Any]]
+                      ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """grounded_sam2: each wanted object's box on ``frame`` (Grounding-DINO, one phrase at a time, its best box),
+        and the count of the others by reason (``not_found``, ``is_a_person``, ``same_box``)."""
+        from stages.vision import box_iou
+
+        assert self.gsam is not None, "setup() was not called"
+        found: list[dict[str, Any]] = []
+        missed: dict[str, int] = {}
+        for o in wanted:
+            dets = self.gsam.detect(frame, [str(o["phrase"])])
+            if not dets:
+                missed["not_found"] = missed.get("not_found", 0) + 1
+                continue
+            box, score, _ = max(dets, key=lambda d: d[1])
+            taken = np.stack([f["box"] for f in found]) if found else np.zeros((0, 4))
+            if len(person) and box_iou(box[None], person).max() >= self.config.max_person_overlap:
+                why = "is_a_person"
+            elif len(taken) and box_iou(box[None], taken).max() >= self.config.max_person_overlap:
+                why = "same_box"  # two phrases grounded on one thing: keep the first
+            else:
+                p = o.get("person")
+                found.append({"phrase": str(o["phrase"]), "person": p if isinstance(p, int) else None,
+                              "box": np.clip(np.asarray(box, np.float64), 0.0, 1.0), "score": float(score)})
+                continue
+            missed[why] = missed.get(why, 0) + 1
+        return found, missed
+
+    def _soft_masks(self, frames: np.ndarray, boxes: list[np.ndarray], ids: list[dict[str, Any]],
+                    work: tuple[int, int], full_at: set[int], prompts: tuple[int, np.ndarray] | None = None
+                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Soft masks per frame: the embedded splitter, or (grounded_sam2) SAM2 tracking the ``prompts`` (key
+        frame, boxes [people + objects, 4]) from the key frame."""
+        if self.config.backend == "embedded":
+            yield from self.splitter(frames, boxes, work, full_at)
+            return
+        assert self.gsam is not None and prompts is not None, "setup() was not called"
+        key, person = prompts
+        n = len(person)
         for t, probs, obj in self.gsam.track(frames, key, person):
             # One owner per pixel: the identity with the highest probability.
             top = probs.argmax(axis=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import av
+import pytest
 import yaml
 
 from pipeline.end_to_end import load_run_recipe, run
@@ -59,3 +60,22 @@ def test_run_from_raw_video_to_sampled_clip(ray_local, tmp_path):
     for stage in ("train_1", "train_2"):
         out = tmp_path / "run" / again[stage]["output"].rsplit("/", 1)[-1]
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_run_recipe_may_sample_an_object_without_audio(tmp_path):
+    from pipeline.recipe import RecipeError
+
+    spec = {"name": "obj", "output": str(tmp_path / "run"), "curate": str(RECIPES / "default.yaml"),
+            "train": [str(RECIPES / "train" / "debug_audio.yaml")],
+            "sample": {"prompt": "a man holds a photo", "identities": [
+                {"ref": str(ROOT / "datasets/samples/images/face_recognition_obama.jpg"),
+                 "audio": str(ROOT / "datasets/samples/audio/per_speaker/multitalk_multi3_1-man.wav")},
+                {"ref": str(ROOT / "datasets/samples/images/sadtalker_happy.png")}]}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    r = load_run_recipe(path)
+    assert [i.get("audio") is None for i in r.sample.identities] == [False, True]
+    spec["sample"]["identities"] = spec["sample"]["identities"][1:]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(RecipeError, match="at least one identity needs an audio track"):
+        load_run_recipe(path)

@@ -38,9 +38,9 @@ def tiny_inputs(
     g = torch.Generator().manual_seed(seed)
     video_frames = 4 * (frames - 1) + 1
     return {
-        "latents": torch.randn(batch, cfg.in_channels, frames, height, width, generator=g),
+        "latents": torch.randn(batch, cfg.latent_channels, frames, height, width, generator=g),
         "timestep": torch.rand(batch, generator=g) * 1000,
         "text_emb": torch.randn(batch, 5, cfg.text_dim, generator=g),
-        "ref_latents": torch.randn(batch, identities, cfg.in_channels, 1, *ref_size, generator=g),
+        "ref_latents": torch.randn(batch, identities, cfg.latent_channels, 1, *ref_size, generator=g),
         "audio_feats": torch.randn(batch, identities, video_frames, cfg.audio_dim, generator=g),
     }

@@ -16,6 +16,12 @@ WAN_CONFIGS = {
                    "in_channels": 16, "num_attention_heads": 40, "num_layers": 40, "out_channels": 16,
                    "patch_size": [1, 2, 2], "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024,
                    "text_dim": 4096},
+    # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (and -720P-Diffusers): CLIP image tokens and the 36-channel input
+    "wan2.1-i2v-14b": {"_class_name": "WanTransformer3DModel", "added_kv_proj_dim": 5120, "attention_head_dim": 128,
+                       "cross_attn_norm": True, "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256, "image_dim": 1280,
+                       "in_channels": 36, "num_attention_heads": 40, "num_layers": 40, "out_channels": 16,
+                       "patch_size": [1, 2, 2], "pos_embed_seq_len": None, "qk_norm": "rms_norm_across_heads",
+                       "rope_max_seq_len": 1024, "text_dim": 4096},
 }
 
 
@@ -66,11 +72,24 @@ def test_unknown_field_is_an_error_naming_it():
         ("audio_context", -1),
         ("cross_attn_norm", 1),
         ("eps", 0),
+        ("image_dim", 8),  # image-to-video needs added_kv_proj_dim too
+        ("added_kv_proj_dim", 32),
+        ("in_channels", 12),  # text-to-video: the noise alone (4)
     ],
 )
 def test_bad_value_is_an_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         get_config("tiny", **{field: value})
+
+
+def test_image_to_video_config_needs_the_36_channel_input_and_dim_sized_image_keys():
+    cfg = get_config("tiny-i2v")
+    assert cfg.image_to_video and cfg.in_channels == 2 * cfg.latent_channels + 4
+    with pytest.raises(ValueError, match="in_channels"):
+        get_config("tiny-i2v", in_channels=4)
+    with pytest.raises(ValueError, match="added_kv_proj_dim"):
+        get_config("tiny-i2v", added_kv_proj_dim=16)
+    assert get_config("wan2.1-i2v-14b").in_channels == 36
 
 
 def test_round_trip():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 from diffusers import AutoencoderKLWan
 from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2Model
 
@@ -91,3 +92,40 @@ def test_vae_from_pretrained_reads_a_local_snapshot(tmp_path, encoders):
     loaded = VideoVAE.from_pretrained(tmp_path)
     x = torch.rand(1, 3, 1, 16, 16) * 2 - 1
     torch.testing.assert_close(loaded.encode_video(x), encoders[0].encode_video(x))
+
+
+def test_image_to_video_condition_and_clip_tokens_match_diffusers_wan_i2v_pipeline():
+    """The first-frame condition (4 mask channels + the latent of [first frame, zeros]) and the CLIP tokens are
+    those of diffusers' WanImageToVideoPipeline (prepare_latents, encode_image) for the same VAE and CLIP; they feed
+    the tiny image-to-video model."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    from model.interacthuman import InterActHumanModel
+    from model.stack import EncoderStack
+
+    cfg = get_config("tiny-i2v")
+    stack = EncoderStack.tiny(cfg, seed=3)
+    assert stack.image is not None and stack.image.dim == cfg.image_dim
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=stack.vae.vae,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(), image_processor=stack.image.processor,
+                                   image_encoder=stack.image.model)
+    g = torch.Generator().manual_seed(0)
+    first = torch.rand(1, 3, 32, 48, generator=g) * 2 - 1  # [-1, 1]
+    _, expected = pipe.prepare_latents(first, 1, cfg.latent_channels, 32, 48, 9, torch.float32, "cpu",
+                                       generator=torch.Generator().manual_seed(0))
+    got = stack.vae.first_frame_condition(first[:, :, None], 9)
+    assert got.shape == (1, 4 + cfg.latent_channels, 3, 4, 6)
+    assert got[:, :4, 0].eq(1).all() and got[:, :4, 1:].eq(0).all()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    pil = Image.fromarray(((first[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+    torch.testing.assert_close(stack.image.encode(first), pipe.encode_image(pil, "cpu"), rtol=1e-4, atol=1e-4)
+
+    # motion frames: 5 given frames mark the first two latent frames as given
+    five = stack.vae.first_frame_condition(torch.rand(1, 3, 5, 32, 48, generator=g) * 2 - 1, 9)
+    assert five[:, :4, :2].eq(1).all() and five[:, :4, 2].eq(0).all()
+
+    model = InterActHumanModel.from_model_config(cfg).eval()
+    out = model(torch.randn(1, cfg.latent_channels, 3, 4, 6), torch.tensor([500.0]), torch.randn(1, 4, cfg.text_dim),
+                condition=got, image_emb=stack.image.encode(first))
+    assert out.velocity.shape == (1, cfg.latent_channels, 3, 4, 6)

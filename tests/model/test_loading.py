@@ -14,9 +14,11 @@ from tests.model.helpers import tiny_inputs
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-def _tiny_wan(root, seed=0):
-    """A tiny WanTransformer3DModel saved like a Wan2.1 diffusers snapshot (root/transformer/...)."""
-    cfg = get_config("tiny")
+def _tiny_wan(root, seed=0, name="tiny"):
+    """A tiny WanTransformer3DModel saved like a Wan2.1 diffusers snapshot (root/transformer/...); ``tiny-i2v``: the
+    image-to-video config (CLIP image embedder, image keys/values, 12 = 4 + 4 + 4 input channels)."""
+    cfg = get_config(name)
+    i2v = {"image_dim": cfg.image_dim, "added_kv_proj_dim": cfg.added_kv_proj_dim} if cfg.image_to_video else {}
     torch.manual_seed(seed)
     wan = WanTransformer3DModel(
         patch_size=cfg.patch_size,
@@ -29,6 +31,7 @@ def _tiny_wan(root, seed=0):
         ffn_dim=cfg.ffn_dim,
         num_layers=cfg.num_layers,
         rope_max_seq_len=cfg.rope_max_seq_len,
+        **i2v,
     ).eval()
     wan.save_pretrained(root / "transformer")
     return wan
@@ -99,8 +102,11 @@ def test_config_problems_are_errors(tmp_path):
         InterActHumanModel.from_wan_pretrained(tmp_path, **{**NEW, "mask_head_blocks": 9})
     cfg_path = tmp_path / "transformer" / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg_path.write_text(json.dumps({**cfg, "image_dim": 1280}))
-    with pytest.raises(ValueError, match="image-to-video"):
+    cfg_path.write_text(json.dumps({**cfg, "image_dim": 1280}))  # I2V keys without the image keys/values
+    with pytest.raises(ValueError, match="added_kv_proj_dim"):
+        InterActHumanModel.from_wan_pretrained(tmp_path, **NEW)
+    cfg_path.write_text(json.dumps({**cfg, "image_dim": 8, "added_kv_proj_dim": 32, "pos_embed_seq_len": 514}))
+    with pytest.raises(ValueError, match="first-last-frame"):
         InterActHumanModel.from_wan_pretrained(tmp_path, **NEW)
     cfg_path.write_text(json.dumps({**cfg, "num_layer": 2}))
     with pytest.raises(ValueError, match="num_layer"):
@@ -119,3 +125,71 @@ def test_from_pretrained_on_a_wan_snapshot_points_to_the_wan_loader(tmp_path):
     _tiny_wan(tmp_path)
     with pytest.raises(ValueError, match="from_wan_pretrained"):
         InterActHumanModel.from_pretrained(tmp_path, subfolder="transformer")
+
+
+def _i2v_inputs(model, seed=0, text_tokens=512):
+    """I2V inputs: 512 text tokens (Wan's processor takes the tokens before the last 512 as the image's), CLIP
+    tokens, and the first-frame condition (mask of the first latent frame + a latent)."""
+    cfg = model.model_config
+    inputs = tiny_inputs(model, identities=2, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    B, _, F, H, W = inputs["latents"].shape
+    inputs["text_emb"] = torch.randn(B, text_tokens, cfg.text_dim, generator=g)
+    inputs["image_emb"] = torch.randn(B, 5, cfg.image_dim, generator=g)
+    mask = torch.zeros(B, 4, F, H, W)
+    mask[:, :, 0] = 1
+    inputs["condition"] = torch.cat([mask, torch.randn(B, cfg.latent_channels, F, H, W, generator=g)], dim=1)
+    return inputs
+
+
+def test_wan_i2v_checkpoint_loads_exactly_and_matches_wan_outputs(tmp_path):
+    """A Wan2.1 image-to-video snapshot (CLIP image embedder, image keys/values in every cross-attention, 4 + 4 + 4
+    input channels here, 36 at full size) loads key for key; only the InterActHuman modules are new; without
+    references the model's velocity is WanTransformer3DModel's for the same noise, condition and image tokens."""
+    wan = _tiny_wan(tmp_path, name="tiny-i2v")
+    model, report = InterActHumanModel.from_wan_pretrained(tmp_path, **NEW)
+    assert model.model_config.image_to_video and model.model_config.in_channels == 12
+
+    base, ours = wan.state_dict(), model.state_dict()
+    assert any(".attn2.add_k_proj." in k for k in base) and any("image_embedder" in k for k in base)
+    for key, value in base.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
+    assert set(report.new_modules) == {"audio_proj"} | {
+        f"blocks.{i}.{m}" for i in range(2) for m in ("norm_audio", "audio_attn", "mask_head")
+    }
+    assert sorted(report.new_parameters) == sorted(k for k in ours if k not in base)
+    assert report.loaded == len(base)
+
+    inputs = _i2v_inputs(model)
+    with torch.no_grad():
+        expected = wan(torch.cat([inputs["latents"], inputs["condition"]], dim=1), inputs["timestep"],
+                       inputs["text_emb"], encoder_hidden_states_image=inputs["image_emb"], return_dict=False)[0]
+        got = model(inputs["latents"], inputs["timestep"], inputs["text_emb"], audio_feats=inputs["audio_feats"],
+                    condition=inputs["condition"], image_emb=inputs["image_emb"])
+    assert got.velocity.shape == inputs["latents"].shape  # 4 output channels from the 12 input channels
+    torch.testing.assert_close(got.velocity, expected, rtol=1e-4, atol=1e-5)
+
+    # the condition and the image tokens both reach the output
+    with torch.no_grad():
+        other_cond = model(inputs["latents"], inputs["timestep"], inputs["text_emb"],
+                           condition=torch.randn_like(inputs["condition"]), image_emb=inputs["image_emb"])
+        other_image = model(inputs["latents"], inputs["timestep"], inputs["text_emb"],
+                            condition=inputs["condition"], image_emb=torch.randn_like(inputs["image_emb"]))
+    assert (other_cond.velocity - got.velocity).abs().mean() > 1e-3
+    assert (other_image.velocity - got.velocity).abs().mean() > 1e-3
+
+
+def test_i2v_model_with_references_runs_and_demands_its_condition(tmp_path):
+    _tiny_wan(tmp_path, name="tiny-i2v")
+    model, _ = InterActHumanModel.from_wan_pretrained(tmp_path, **NEW)
+    inputs = _i2v_inputs(model, text_tokens=7)  # our cross-attention takes any text length
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.velocity.shape == inputs["latents"].shape and out.mask.shape[:2] == (2, 2)
+    with pytest.raises(ValueError, match="needs condition"):
+        model(**{k: v for k, v in inputs.items() if k != "condition"})
+    with pytest.raises(ValueError, match=r"condition must be \[B, 8"):
+        model(**{**inputs, "condition": inputs["condition"][:, :4]})
+    t2v = InterActHumanModel.from_model_config(get_config("tiny"))
+    with pytest.raises(ValueError, match="text-to-video"):
+        t2v(inputs["latents"], inputs["timestep"], inputs["text_emb"], image_emb=inputs["image_emb"])

@@ -450,8 +450,9 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["--ref", str(OBAMA), "--audio", str(text)], "notes.txt: not a readable audio file"),
         (["--ref", str(MAN), "--audio", str(MAN)], "multitalk_multi3_1-man.wav is not a readable image"),
         (["--ref", str(OBAMA), "--audio", str(short)], "short.wav lasts 0.050 s"),
-        (pair + ["--ref", str(BIDEN)], r"got 2 --ref image\(s\) and 1 --audio track\(s\)"),
-        (["--ref", str(OBAMA), "--ref", str(BIDEN), "--audio", str(MAN)], "got 2 --ref image"),
+        (["--audio", str(MAN), "--ref", str(OBAMA)], "does not follow a --ref"),
+        (pair + ["--audio", str(WOMAN)], "does not follow a --ref"),
+        (["--ref", str(OBAMA), "--ref", str(BIDEN)], "no identity has audio"),
         (pair + ["--model", str(tmp / "nowhere")], "nowhere: no such directory"),
         (pair + ["--model", str(real)], "needs real encoders"),
         (pair + ["--model", "tiny", "--window-frames", "30"], "window_frames: expected 1 \\+ 4k"),
@@ -468,3 +469,76 @@ def test_bad_inputs_fail_before_any_model_loads(tmp_path, no_model_load, capsys)
         err = capsys.readouterr().err
         assert err.startswith("error: ") and __import__("re").search(message, err), (args, err)
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Image-to-video: the first frame conditions window 0, a later window its own first (motion) frame
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def i2v_sampler() -> InterActHumanSampler:
+    return InterActHumanSampler(random_tiny_model(0, "tiny-i2v"), EncoderStack.tiny(get_config("tiny-i2v"), 0),
+                                device="cpu")
+
+
+def test_first_frame_conditions_window_zero_and_motion_frames_the_later_windows(i2v_sampler, monkeypatch):
+    from model.sample import _frames_to_tensor
+
+    s = i2v_sampler
+    seen = []
+    original = InterActHumanSampler._denoise_window
+
+    def spy(self, win, cond, *a, **k):
+        seen.append((win, cond.condition.clone(), cond.image_emb.clone()))
+        return original(self, win, cond, *a, **k)
+
+    monkeypatch.setattr(InterActHumanSampler, "_denoise_window", spy)
+    idents = [(OBAMA, _clip(MAN, 0.0, 0.8)), (HAPPY, _clip(WOMAN, 5.0, 0.8))]  # 20 frames: windows of 13, 5 motion
+    kw = dict(steps=2, height=32, width=32, ref_size=16, window_frames=13, motion_frames=5)
+    r = s("two people talk", idents, first_frame=str(BIDEN), **kw)
+    assert [w.motion for w, _, _ in seen] == [0, 5]
+    assert any("first frame" in n and "face_recognition_biden.jpg" in n for n in r.notes)
+    # window 0: the given image, centre-cropped as training crops its clips
+    from model.data import _resize_crop
+    from model.sample_inputs import load_image
+
+    first = _resize_crop(load_image(str(BIDEN), "t")[None], 32, 32)[0]
+    expected0 = s.stack.vae.first_frame_condition(_frames_to_tensor(first), 13)
+    torch.testing.assert_close(seen[0][1], expected0)
+    clip = s.stack.image.encode(_frames_to_tensor(first)[:, :, 0])
+    torch.testing.assert_close(seen[0][2], clip)
+    # window 1 starts at frame 8: its condition is output frame 8 (its first motion frame); CLIP tokens unchanged
+    expected1 = s.stack.vae.first_frame_condition(_frames_to_tensor(r.video[8:9]), 13)
+    torch.testing.assert_close(seen[1][1], expected1)
+    torch.testing.assert_close(seen[1][2], clip)
+    # the first frame reaches the video; the default is the first reference, ref:1 the second
+    seen.clear()
+    other = s("two people talk", idents, first_frame="ref:1", **kw)
+    default = s("two people talk", idents, **kw)
+    ref0 = s("two people talk", idents, first_frame="ref:0", **kw)
+    assert np.abs(other.video.astype(int) - r.video.astype(int)).mean() > 0.1  # random weights: a small effect
+    assert np.array_equal(default.video, ref0.video) and not np.array_equal(default.video, other.video)
+    with pytest.raises(InputError, match="ref:K with K < 2"):
+        s("two people talk", idents, first_frame="ref:2", **kw)
+
+
+def test_cli_first_frame_with_an_image_to_video_model_and_its_input_checks(tmp_path, capsys):
+    from pipeline.cli import main
+
+    a = _write_wav(tmp_path / "a.wav", _clip(MAN, 0.0, 0.4))
+    out = tmp_path / "one.mp4"
+    pair = ["--prompt", "a man talks", "--ref", str(OBAMA), "--audio", str(a)]
+    common = ["--steps", "1", "--height", "32", "--width", "32", "--ref-size", "16", "--out", str(out)]
+    assert main(["sample", "--model", "tiny-i2v", *pair, "--first-frame", str(HAPPY), *common]) == 0
+    assert _streams(out)["frames"] == 10
+    assert any("sadtalker_happy.png" in n for n in json.loads(out.with_suffix(".json").read_text())["notes"])
+    capsys.readouterr()
+    for args, message in [
+        (["--model", "tiny", "--first-frame", str(HAPPY)], "image-to-video models only"),
+        (["--model", "tiny-i2v", "--first-frame", "ref:1"], "ref:K with K below"),
+        (["--model", "tiny-i2v", "--first-frame", str(tmp_path / "none.png")], "none.png not found"),
+    ]:
+        assert main(["sample", *pair, *args, *common]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and __import__("re").search(message, err), (args, err)

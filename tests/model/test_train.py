@@ -255,3 +255,38 @@ def test_kill_sessions_kills_a_workers_whole_session():
     worker.wait(timeout=10)
     assert _gone(family, timeout=10)
     assert kill_sessions({worker.pid: proc.create_time()}) == []  # gone (or a reused pid): left alone
+
+
+def test_first_frame_conditioning_builds_the_condition_from_each_windows_first_frame_and_trains(curated, tmp_path):
+    """Image-to-video training (MultiTalk on Wan2.1 I2V): each example carries the condition of its own window's first
+    frame (frame mask on latent frame 0; the latent of [first frame, zeros], whose frame 0 is the clip latent's, the
+    VAE being causal) and that frame's CLIP tokens; a short run trains on them."""
+    from model.data import window_starts
+    from model.train import build_stack, load_train_config, train
+
+    from pipeline.recipe import RecipeError
+
+    recipe = _train_recipe(tmp_path, curated, tmp_path / "out", model="tiny-i2v", conditioning="first_frame",
+                           steps=2, checkpoint_every=2, windows_per_clip=1)
+    cfg = load_train_config(recipe)
+    stack = build_stack(cfg)
+    s = next(iter(read_run(curated)))
+    dc = cfg.data_config()
+    e = build_examples(s, stack, dc)[0]
+    cond = e["condition"]
+    assert cond.shape == (4 + 4, *e["latents"].shape[1:])
+    assert cond[:4, 0].eq(1).all() and cond[:4, 1:].eq(0).all()
+    torch.testing.assert_close(cond[4:, 0], e["latents"][:, 0], rtol=1e-4, atol=1e-4)
+    assert (cond[4:, 1:] - e["latents"][:, 1:]).abs().mean() > 1e-3  # the rest is the latent of grey, not the clip
+    first = window_inputs(s, window_starts(len(s.frames), dc, s.key)[0], 0, dc).frames[:1]
+    pixels = torch.from_numpy(first).float().permute(3, 0, 1, 2)[None] / 127.5 - 1  # [1, 3, 1, H, W]
+    torch.testing.assert_close(e["image_emb"], stack.image.encode(pixels[:, :, 0])[0])
+
+    result = train(cfg)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses)), result
+
+    with pytest.raises(RecipeError, match="conditioning"):
+        load_train_config(_train_recipe(tmp_path, curated, tmp_path / "o2", model="tiny-i2v"))
+    with pytest.raises(RecipeError, match="conditioning"):
+        load_train_config(_train_recipe(tmp_path, curated, tmp_path / "o3", conditioning="first_frame"))

@@ -242,3 +242,81 @@ def test_single_process_bf16_keeps_fp32_master_weights():
         hook.remove()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _Payload:
+    """Stands for a pickled object in a tampered checkpoint (unpickling it would run its class's code)."""
+
+
+def test_checkpoint_extras_load_only_tensors_and_plain_data(tmp_path):
+    """A checkpoint round-trips its extras (the data position and the RNG state) with ``weights_only`` loading, and
+    a rank file that holds any other pickled object is refused instead of unpickled."""
+    import pickle
+
+    from model.parallelize import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    extras = {"data": {"epoch": 2, "index": 7}, "rng": torch.random.get_rng_state()}
+    save_checkpoint(tmp_path, 5, model, opt, sched, extras)
+    path = latest_checkpoint(tmp_path)
+    step, got = load_checkpoint(path, model, opt, sched)
+    assert step == 5 and got["data"] == {"epoch": 2, "index": 7} and torch.equal(got["rng"], extras["rng"])
+    torch.save({"data": {"epoch": 0, "index": 0}, "hook": _Payload()}, path / "rank_00000.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path, model, opt, sched)
+
+
+STEPS = 120
+LR = 5e-3
+
+
+def test_first_frame_conditioning_is_learned_through_the_trainer_loss():
+    """Image-to-video through ``compute_loss`` (conditioning: first_frame): on clips whose every frame is their first
+    frame, 120 steps of the tiny I2V model learn to use the condition: at t = 0.9 its flow loss with each clip's own
+    condition is well under the loss with the conditions of other clips (measured: 0.68 against 2.34; a trainer that
+    drops the condition gives a ratio near 1)."""
+    from model.config import get_config
+    from model.interacthuman import InterActHumanModel
+
+    torch.manual_seed(0)
+    model = InterActHumanModel.from_model_config(get_config("tiny-i2v")).train()
+    cfg = TrainConfig(model="tiny-i2v", conditioning="first_frame", stage="audio", joint_drop=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    B, C, Fr, H, W = 8, 4, 3, 4, 4
+
+    def batch(g: torch.Generator) -> dict:
+        z = torch.randn(B, C, 1, H, W, generator=g)  # each clip: one still latent, its first frame
+        mask = torch.zeros(B, 4, Fr, H, W)
+        mask[:, :, 0] = 1
+        latent = torch.cat([z, torch.zeros(B, C, Fr - 1, H, W)], dim=2)
+        return {"latents": z.expand(B, C, Fr, H, W).contiguous(), "text_emb": torch.zeros(B, 4, 16),
+                "audio_feats": torch.zeros(B, 1, 9, 8), "ref_latents": torch.zeros(B, 1, C, 1, 2, 2),
+                "mask_target": torch.zeros(B, 1, Fr, 2, 2), "mask_valid": torch.zeros(B, 1, Fr, dtype=torch.bool),
+                "identity_valid": torch.ones(B, 1, dtype=torch.bool), "has_masks": torch.zeros(B, dtype=torch.bool),
+                "keys": [str(i) for i in range(B)], "condition": torch.cat([mask, latent], dim=1),
+                "image_emb": torch.zeros(B, 2, 8)}
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        loss = compute_loss(model, batch(g), cfg, g, torch.device("cpu"), torch.float32)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    from model.losses import flow_matching_pair
+
+    b = batch(torch.Generator().manual_seed(99))
+    t = torch.full((B,), 0.9)
+    xt, target = flow_matching_pair(b["latents"], torch.randn(b["latents"].shape), t)
+
+    def flow_loss(condition: torch.Tensor) -> float:
+        with torch.no_grad():
+            v = model(xt, t * 1000, b["text_emb"], b["ref_latents"], condition=condition,
+                      image_emb=b["image_emb"]).velocity
+        return float(((v - target) ** 2).mean())
+
+    own, others = flow_loss(b["condition"]), flow_loss(b["condition"].roll(1, dims=0))
+    print(f"first-frame learning: own {own:.3f}, others {others:.3f}")
+    assert own < 0.7 * others, (own, others)
