@@ -170,7 +170,14 @@ def test_worker_that_dies_counts_as_an_attempt_and_ends_quarantined(ray_local, t
     assert rec["unit_keys"]
     assert [r["status"] for r in _status_of(tmp_path / "run", good) if r["kind"] == "unit"] == ["done"]
     again = curate(recipe, log=lambda m: None)
-    assert again["skipped"] == {"done": 1, "quarantined": 1}
+    # The quarantined unit never runs again. (Its window's summary can be lost with the dying actor when it is
+    # queued there: Ray drops a bystander block whose retries all met a dead actor. The rerun then decodes that
+    # window again and records the summary, skipping the quarantined unit; the next run skips everything.)
+    units = [r for r in _status_of(tmp_path / "run", bad) if r["kind"] == "unit"]
+    assert [(r["status"], r["attempts"]) for r in units] == [("quarantined", 3)] and again["samples_written"] == 0
+    if again["skipped"] != {"done": 1, "quarantined": 1}:
+        assert again["skipped"] == {"done": 1}
+        assert curate(recipe, log=lambda m: None)["skipped"] == {"done": 1, "quarantined": 1}
     assert not (tmp_path / "run" / "attempts").exists() or not any((tmp_path / "run" / "attempts").iterdir())
 
 
