@@ -401,6 +401,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=50)
     s.add_argument("--solver", default="unipc", choices=("unipc", "euler"))
     s.add_argument("--guidance", type=float, default=6.5, help="one CFG scale for text and audio (1: no CFG)")
+    s.add_argument("--text-guidance", type=float, metavar="S",
+                   help="a text scale of its own (MultiTalk's 3-row guidance; the audio scale is then --audio-guidance "
+                        "or --guidance)")
+    s.add_argument("--audio-guidance", type=float, metavar="S", help="an audio scale of its own (see --text-guidance)")
     s.add_argument("--mask-start", type=int, default=10, metavar="STEP",
                    help="denoising steps before predicted masks gate the audio (default 10)")
     s.add_argument("--early-audio", default="global", choices=("global", "withheld"),
@@ -703,6 +707,7 @@ def _sample(args: argparse.Namespace) -> int:
             raise InputError(f"--mask-threshold {args.mask_threshold}: expected a number in (0, 1) or 'soft'") from None
         cfg = resolve_sampling_config(source, SamplingConfig(
             steps=args.steps, solver=args.solver, guidance_scale=args.guidance, mask_start_step=args.mask_start,
+            text_guidance_scale=args.text_guidance, audio_guidance_scale=args.audio_guidance,
             early_audio=args.early_audio, mask_threshold=threshold, fps=args.fps, height=args.height,
             width=args.width, ref_size=args.ref_size, window_frames=args.window_frames,
             motion_frames=args.motion_frames, seed=args.seed))

@@ -542,3 +542,19 @@ def test_cli_first_frame_with_an_image_to_video_model_and_its_input_checks(tmp_p
         assert main(["sample", *pair, *args, *common]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and __import__("re").search(message, err), (args, err)
+
+
+def test_cli_separate_text_and_audio_guidance_and_the_soft_gate_by_default(tmp_path):
+    """``--text-guidance`` / ``--audio-guidance`` reach the sampler (three guidance rows); without
+    ``--mask-threshold`` the gates are the soft mask confidences, as the Python API's default."""
+    from pipeline.cli import main
+
+    a = _write_wav(tmp_path / "a.wav", _clip(MAN, 0.0, 0.4))
+    out = tmp_path / "g.mp4"
+    rc = main(["sample", "--model", "tiny", "--prompt", "a man talks", "--ref", str(OBAMA), "--audio", str(a),
+               "--steps", "1", "--height", "32", "--width", "32", "--text-guidance", "3", "--audio-guidance", "5",
+               "--out", str(out)])
+    assert rc == 0
+    cfg = json.loads(out.with_suffix(".json").read_text())["config"]
+    assert (cfg["text_guidance_scale"], cfg["audio_guidance_scale"]) == (3.0, 5.0)
+    assert cfg["mask_threshold"] is None
