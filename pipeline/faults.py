@@ -81,3 +81,20 @@ def session_pids(sid: int) -> list[int]:
         if int(fields[3]) == sid and fields[0] != "Z":
             out.append(int(d))
     return out
+
+
+def reap_session(sid: int, rounds: int = 100, pause_s: float = 0.1) -> None:
+    """SIGKILL every live process of session ``sid`` until none is left (or ``rounds`` passes): processes may still
+    fork while they are killed. For the tests and benchmarks that run a whole ``curate`` in a session of its own."""
+    import time
+
+    for _ in range(rounds):
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(pause_s)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -119,7 +118,7 @@ class LocalCluster:
         """Run ``interacthuman curate RECIPE --address`` this cluster as a driver process of its own session, its
         output appended to ``log``, calling ``tick()`` about ten times a second while it runs; returns its exit
         status. The driver is SIGKILLed, with whatever it started, if it outlives ``timeout``."""
-        from pipeline.faults import session_pids
+        from pipeline.faults import reap_session
 
         env = dict(os.environ, **self.env(),
                    PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
@@ -134,16 +133,7 @@ class LocalCluster:
                 tick()
                 time.sleep(0.1)
         finally:
-            for _ in range(50):
-                pids = session_pids(proc.pid)
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.1)
+            reap_session(proc.pid, rounds=50)
             proc.wait()
         return proc.returncode
 
@@ -155,16 +145,9 @@ class LocalCluster:
                 self.proc.wait(timeout=20)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        for _ in range(100):  # whatever the orderly shutdown left: every process of the session
-            pids = self._session_pids(self.proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        from pipeline.faults import reap_session
+
+        reap_session(self.proc.pid)  # whatever the orderly shutdown left: every process of the session
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

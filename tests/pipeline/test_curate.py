@@ -204,7 +204,7 @@ def _run_cli_until(recipe_path: Path, run_dir: Path, env_extra: dict[str, str], 
     """Run ``curate`` in a session of its own and return its exit status. With ``kill_when``, SIGKILL every process
     of that session (the driver, Ray's daemons and workers: killing the driver's process group alone leaves Ray's
     workers running) once ``kill_when(run_dir)`` holds. Either way no process of the session survives."""
-    from pipeline.faults import session_pids
+    from pipeline.faults import reap_session, session_pids
 
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **env_extra)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "curate", str(recipe_path)], cwd=ROOT, env=env,
@@ -216,16 +216,7 @@ def _run_cli_until(recipe_path: Path, run_dir: Path, env_extra: dict[str, str], 
                 break
             time.sleep(0.05)
     finally:
-        for _ in range(100):
-            pids = session_pids(proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        reap_session(proc.pid)
         proc.wait()
     assert not session_pids(proc.pid), "processes of the killed run survive"
     return proc.returncode
