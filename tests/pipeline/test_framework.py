@@ -14,8 +14,6 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -355,14 +353,11 @@ def test_select_refuses_what_it_cannot_decide_and_leaves_nothing(fw, tmp_path):
 def test_report_renders_in_headless_chromium(fw, tmp_path):
     from pipeline.report import run_report
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("the run report test needs Chromium: apt-get install -y chromium (the Debian package)")
+    from tests.browser import Browser
+
+    browser = Browser(tmp_path, "run report")
     index = run_report(fw["run"], tmp_path / "report", gallery=2)
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(flags + ["--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = browser.dom(index)
     m = re.search(r"data-images=\"(\d+)/(\d+)\"", dom)
     assert m, dom[:500]
     assert int(m.group(1)) == int(m.group(2)) == 4  # funnel, cost, two contact sheets
@@ -371,14 +366,9 @@ def test_report_renders_in_headless_chromium(fw, tmp_path):
         assert name in quarantine
     assert "clips.min_source_side" in quarantine and "letterboxed" in dom and "not_a_regular_file" in dom
     assert USER_STAGE in dom[dom.index("id=\"recipe\""):] and "<td>ray</td>" in dom
-    shot = tmp_path / "report.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,1400", index.as_uri()], capture_output=True,
-                   timeout=120)
-    from PIL import Image
-
-    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    img = browser.screenshot(index, 1280, 1400)
     green = (np.abs(img - np.array([44, 160, 44])).sum(axis=-1) < 30).sum()  # the funnel's "went on" bars
-    print(f"screenshot {shot}: {green} funnel-green pixels")
+    print(f"screenshot: {green} funnel-green pixels")
     assert green > 2000
 
 

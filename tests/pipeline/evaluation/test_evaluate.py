@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -228,30 +227,22 @@ def test_mask_iou_of_person_halves_beats_all_ones(pair, record_property):
 
 
 def test_report_renders_in_headless_chromium(pair, tmp_path):
+    from tests.browser import Browser
+
     _, out, _, _ = pair
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("the HTML report test needs Chromium: apt-get install -y chromium (the Debian package)")
+    browser = Browser(tmp_path, "HTML report")
     index = out / "index.html"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(flags + ["--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = browser.dom(index)
     import re
 
     m = re.search(r"data-images=\"(\d+)/(\d+)\"", dom)
     assert m, dom[:500]
     loaded, total = int(m.group(1)), int(m.group(2))
     assert total >= 3 and loaded == total, (loaded, total)  # distributions, contact sheets, timelines
-    shot = tmp_path / "report.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri()],
-                   capture_output=True, timeout=120)
-    from PIL import Image
-
-    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    img = browser.screenshot(index, 1280, 2400)
     # the distributions plot draws its points in matplotlib's tab:blue (31, 119, 180)
     blue = (np.abs(img - np.array([31, 119, 180])).sum(axis=-1) < 40).sum()
-    print(f"screenshot {shot}: {blue} tab:blue pixels")
+    print(f"screenshot: {blue} tab:blue pixels")
     assert blue > 100
 
 
