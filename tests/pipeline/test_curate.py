@@ -266,3 +266,38 @@ def test_run_killed_between_the_commit_steps_recovers_the_clean_keys(clean_run, 
     keys = _keys(run_dir)
     assert len(keys) == len(set(keys)) and sorted(keys) == sorted(_keys(clean_dir))
     assert {p.name for p in (run_dir / "shards").glob("*.tar")} == {Path(p).name for p in committed_shards(run_dir)}
+
+
+def test_a_run_fits_the_cpus_an_earlier_runs_leftover_actor_still_holds(ray_local, two_sources, tmp_path):
+    """An actor that outlived an earlier run in this process holds CPUs of the local Ray: the next run's graph is
+    fitted to what is free, so it finishes instead of waiting forever for CPUs its own pools took."""
+    import ray
+
+    @ray.remote(num_cpus=1.2)
+    class Leftover:
+        def ping(self) -> bool:
+            return True
+
+    held = Leftover.remote()
+    try:
+        ray.get(held.ping.remote(), timeout=60)
+        recipe = load_recipe(write_recipe(tmp_path / "r.yaml", [two_sources[1]], tmp_path / "run",
+                                          clips={"min_s": 2.0}, stages={"quality": {}}))
+        logs: list[str] = []
+        stats = curate_within(recipe, logs.append, timeout_s=120)
+        assert stats["sources"] == {"done": 1}
+        assert any("held by other work" in m for m in logs), logs
+    finally:
+        ray.kill(held)
+
+
+def curate_within(recipe, log, timeout_s: float):
+    """``curate`` in a thread, failing the test (not hanging it) when it has not finished after ``timeout_s``."""
+    import threading
+
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(stats=curate(recipe, log=log)), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert not t.is_alive(), f"the run did not finish in {timeout_s:g} s (waiting for CPUs?)"
+    return box["stats"]
