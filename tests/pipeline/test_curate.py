@@ -270,10 +270,11 @@ def test_run_killed_between_the_commit_steps_recovers_the_clean_keys(clean_run, 
 
 def test_a_run_fits_the_cpus_an_earlier_runs_leftover_actor_still_holds(ray_local, two_sources, tmp_path):
     """An actor that outlived an earlier run in this process holds CPUs of the local Ray: the next run's graph is
-    fitted to what is free, so it finishes instead of waiting forever for CPUs its own pools took."""
+    fitted to what is free, so it finishes instead of waiting forever for CPUs its own pools took. (Four pools:
+    extract, quality, the encode and lipsync after it; fitted to the total they leave no CPU for the tasks.)"""
     import ray
 
-    @ray.remote(num_cpus=1.2)
+    @ray.remote(num_cpus=1.5)
     class Leftover:
         def ping(self) -> bool:
             return True
@@ -282,7 +283,7 @@ def test_a_run_fits_the_cpus_an_earlier_runs_leftover_actor_still_holds(ray_loca
     try:
         ray.get(held.ping.remote(), timeout=60)
         recipe = load_recipe(write_recipe(tmp_path / "r.yaml", [two_sources[1]], tmp_path / "run",
-                                          clips={"min_s": 2.0}, stages={"quality": {}}))
+                                          clips={"min_s": 2.0}, stages={"quality": {}, "lipsync": {}}))
         logs: list[str] = []
         stats = curate_within(recipe, logs.append, timeout_s=120)
         assert stats["sources"] == {"done": 1}
