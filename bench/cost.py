@@ -6,7 +6,8 @@
 In one run, side by side:
 
 * ``bare``: each source decoded frame by frame and converted onto the analysis grid (5 fps, short side 360), one
-  codec thread, in this process: the baseline of the budget (the whole chain at most 3x);
+  codec thread (the extractor's setting: one CPU), in this process, the probe outside the timing: the baseline of
+  the budget (the whole chain at most 3x);
 * ``curate``: the recipe curated into a fresh run directory on a local Ray; the CPU seconds are the engine's own
   accounting (``stats.json``: each operator's process CPU time around its work, summed over units): probe, extract
   (decode, analysis grid, scene detection, audio), each stage, the clip encode.
@@ -53,7 +54,7 @@ def main() -> int:
             except Exception:  # noqa: BLE001 - an unusable source costs the chain its probe only
                 continue
             t = time.process_time()
-            bare_decode(p, recipe.analysis.fps, recipe.analysis.short_side)
+            bare_decode(p, recipe.analysis.fps, recipe.analysis.short_side, info=info, threads=1)
             bare += time.process_time() - t
             video_s += float(info["duration_s"])
         t0 = time.time()

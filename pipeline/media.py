@@ -973,9 +973,13 @@ def _reencode_parts(mp4: bytes, parts: list[tuple[int, int]], spec: ExtractSpec)
     yield from out
 
 
-def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = True) -> int:
-    """Bare decode of a source onto a constant grid at ``fps`` and ``short_side`` (the benchmark's baseline)."""
-    info = probe(path)
+def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = True,
+                info: dict[str, Any] | None = None, threads: int = 1) -> int:
+    """Bare decode of a source onto a constant grid at ``fps`` and ``short_side`` (the benchmark's baseline): every
+    frame decoded with ``threads`` codec threads (the extractor's own setting, one per CPU it is given), the frames
+    on the grid converted to RGB at that size. ``info``: the probe facts (probed here when not given; a benchmark
+    probes first, so the baseline times the decode alone)."""
+    info = info if info is not None else probe(path)
     k_rot = rotation_steps(int(info["video"]["rotation"])) if apply_rotation else 0
     dw, dh = info["video"]["display_width"], info["video"]["display_height"]
     if not apply_rotation and rotation_steps(int(info["video"]["rotation"])) % 2 == 1:
@@ -987,6 +991,7 @@ def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = T
     with av.open(path) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
+        s.thread_count = max(1, int(threads))
         t0 = None
         tick = 0
         for f in c.decode(s):
