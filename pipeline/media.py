@@ -42,6 +42,12 @@ from pipeline.recipe import SceneConfig
 from pipeline.scenecut import CutQueue, detection_size, guard_spans, make_cut_detector
 
 AUDIO_RATE = 16_000
+# swscale's own slice threads: one. Its default starts a thread per core of the node for every conversion, whose
+# hand-offs cost more CPU than they save on frames of these sizes (and an actor's CPUs are given to its codecs).
+SWS_THREADS = 1
+# The analysis clip's x264 threads: one, whatever the actor was given. x264's output depends on its thread count (its
+# default is 1.5 threads per core of the node), so every stage decision would depend on the node's core count.
+ANALYSIS_X264_THREADS = 1
 WINDOW_WARMUP_S = 2.0  # seconds of frames before a window that only warm the scene detector up
 
 
@@ -293,15 +299,17 @@ def read_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
     return x, rate
 
 
-def decode_video_bytes(data: bytes, max_frames: int | None = None) -> np.ndarray:
-    """Decode an encoded video (e.g. a clip's mp4) to RGB uint8 ``[T, H, W, 3]``."""
+def decode_video_bytes(data: bytes, max_frames: int | None = None, threads: int = 1) -> np.ndarray:
+    """Decode an encoded video (e.g. a clip's mp4) to RGB uint8 ``[T, H, W, 3]`` with ``threads`` codec threads
+    (FFmpeg's default is one per core of the node, for every clip)."""
     frames = []
     sws = VideoReformatter()
     with av.open(io.BytesIO(data)) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
+        s.thread_count = max(1, int(threads))
         for f in c.decode(s):
-            frames.append(sws.reformat(f, format="rgb24").to_ndarray())
+            frames.append(sws.reformat(f, format="rgb24", threads=SWS_THREADS).to_ndarray())
             if max_frames and len(frames) >= max_frames:
                 break
     if not frames:
@@ -309,9 +317,10 @@ def decode_video_bytes(data: bytes, max_frames: int | None = None) -> np.ndarray
     return np.stack(frames)
 
 
-def encode_video(frames: np.ndarray | list[np.ndarray], fps: float, crf: int = 20, preset: str = "veryfast") -> bytes:
-    """H.264 (yuv420p) mp4 bytes from RGB uint8 frames."""
-    enc = H264Writer(fps, frames[0].shape[1], frames[0].shape[0], crf=crf, preset=preset)
+def encode_video(frames: np.ndarray | list[np.ndarray], fps: float, crf: int = 20, preset: str = "veryfast",
+                 threads: int = 1) -> bytes:
+    """H.264 (yuv420p) mp4 bytes from RGB uint8 frames (x264 with ``threads`` threads)."""
+    enc = H264Writer(fps, frames[0].shape[1], frames[0].shape[0], crf=crf, preset=preset, threads=threads)
     for f in frames:
         enc.write(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"))
     return enc.close()
@@ -357,10 +366,11 @@ class H264Writer:
         self.stream.options = opts
         self.stream.codec_context.time_base = Fraction(1) / rate
         self.n = 0
+        self._sws = VideoReformatter()  # one conversion context for the stream, not one per frame
 
     def write(self, frame: av.VideoFrame) -> None:
         if frame.format.name != "yuv420p" or frame.width != self.stream.width or frame.height != self.stream.height:
-            frame = frame.reformat(self.stream.width, self.stream.height, "yuv420p")
+            frame = self._sws.reformat(frame, self.stream.width, self.stream.height, "yuv420p", threads=SWS_THREADS)
         frame.pts = self.n
         frame.pict_type = av.video.frame.PictureType.NONE  # the source decoder's frame type is not ours to follow
         frame.time_base = self.stream.codec_context.time_base
@@ -507,11 +517,13 @@ class Geometry:
         """A decoded frame on the output grid: yuv420p, display size, rotation applied."""
         if self.k_rot:
             return _rotate_yuv420p(sws.reformat(frame, self.out_pre[0], self.out_pre[1], "yuv420p",
-                                                interpolation=Interpolation.AREA), self.k_rot)
-        return sws.reformat(frame, self.out[0], self.out[1], "yuv420p", interpolation=Interpolation.AREA)
+                                                interpolation=Interpolation.AREA, threads=SWS_THREADS), self.k_rot)
+        return sws.reformat(frame, self.out[0], self.out[1], "yuv420p", interpolation=Interpolation.AREA,
+                            threads=SWS_THREADS)
 
     def to_rgb(self, sws: VideoReformatter, frame: av.VideoFrame, pre: tuple[int, int]) -> np.ndarray:
-        rgb = sws.reformat(frame, pre[0], pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
+        rgb = sws.reformat(frame, pre[0], pre[1], "rgb24", interpolation=Interpolation.AREA,
+                           threads=SWS_THREADS).to_ndarray()
         return np.ascontiguousarray(np.rot90(rgb, k=self.k_rot)) if self.k_rot else rgb
 
 
@@ -644,7 +656,7 @@ def iter_extract(path: str, info: dict[str, Any], spec: ExtractSpec, span: tuple
         a0, a1 = int(round(s * afps)), int(round(e * afps))
         an = [img for t, img in analysis if a0 <= t < a1] or [img for t, img in analysis if a0 - 1 <= t <= a0][:1]
         return ExtractedClip(
-            start=s, end=e, mp4=mp4, wav=b"", analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast"),
+            start=s, end=e, mp4=mp4, wav=b"", analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast", threads=ANALYSIS_X264_THREADS),
             frames=b - a, analysis_frames=len(an), audio_padded_s=0.0,
             guard=verdict.to_dict() if verdict is not None else {},
             width=geo.out[0], height=geo.out[1], analysis_width=geo.an[0], analysis_height=geo.an[1])
@@ -999,7 +1011,8 @@ def bare_decode(path: str, fps: float, short_side: int, apply_rotation: bool = T
                 continue
             t0 = f.time if t0 is None else t0
             while tick / fps <= f.time - t0 + 1e-9:
-                img = sws.reformat(f, pre[0], pre[1], "rgb24", interpolation=Interpolation.AREA).to_ndarray()
+                img = sws.reformat(f, pre[0], pre[1], "rgb24", interpolation=Interpolation.AREA,
+                                   threads=SWS_THREADS).to_ndarray()
                 if k_rot:
                     np.ascontiguousarray(np.rot90(img, k=k_rot))
                 n += 1

@@ -222,16 +222,21 @@ def iter_clip_frames(clip: Clip, wanted: Iterable[int] | None = None, scale: flo
                 yield i, f
         return
     import av
+    from av.video.reformatter import VideoReformatter
 
+    from pipeline.media import SWS_THREADS
+
+    sws = VideoReformatter()  # one conversion context for the clip (a frame's own to_ndarray builds one per frame)
     with av.open(io.BytesIO(clip.mp4)) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
+        s.thread_count = 1  # FFmpeg's default: a thread per core of the node, for each clip
         size: dict[str, int] = {}
         for i, f in enumerate(c.decode(s)):
             if want is None or i in want:
                 if scale < 1.0 and not size:
                     size = {"width": _even(f.width * scale), "height": _even(f.height * scale)}
-                yield i, f.to_ndarray(format="rgb24", **size)
+                yield i, sws.reformat(f, format="rgb24", threads=SWS_THREADS, **size).to_ndarray()
             if last is not None and i >= last:
                 break
 

@@ -360,3 +360,18 @@ def test_deferred_encode_matches_the_single_pass(looped):
             assert a.shape == b.shape, (path, c.start)
             psnr = 10 * np.log10(255**2 / max(1e-6, float(((a - b) ** 2).mean())))
             assert psnr > 35, (path, c.start, psnr)
+
+
+def test_analysis_frames_do_not_depend_on_the_extractors_threads():
+    """Every stage decides from the analysis clip, so its bytes must not depend on how many CPUs (codec threads) the
+    extract actor was given: x264's output changes with its thread count, so the analysis encode uses one."""
+    path = str(sample("sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"))
+    info = probe(path)
+    spec = ExtractSpec(min_s=1.0)
+    one = [c.analysis_mp4 for c in _clips_of_threads(path, info, spec, 1)]
+    four = [c.analysis_mp4 for c in _clips_of_threads(path, info, spec, 4)]
+    assert one and one == four
+
+
+def _clips_of_threads(path, info, spec, threads):
+    return [x for x in iter_extract(path, info, spec, threads=threads) if not isinstance(x, ExtractSummary)]
