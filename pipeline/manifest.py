@@ -12,6 +12,7 @@ Run directory layout::
 
     <run>/shards/<run_id>-<task>-<seq>.tar      committed shards (``.tar.tmp`` while being written)
     <run>/manifest/<run_id>-<task>-<seq>.parquet records committed with that shard (or without one)
+    <run>/manifest/compact-<id>.parquet          chunks merged into one file (column ``chunk`` names them)
     <run>/attempts/<run_id>/<host>-<pid>.jsonl   which unit each worker started and finished, per stage
     <run>/stats/<run_id>.json                    per-stage stats of one run
     <run>/run.json                               the last run's recipe, fingerprint and summary
@@ -32,19 +33,27 @@ decoded, and keys already final are not emitted again. A key or window whose fai
 is quarantined. Failed attempts are failed records, and worker deaths read from the attempt logs at the end of a
 run (:mod:`pipeline.attempts`). A changed fingerprint re-processes every source; readers see only shards of the
 current fingerprint (:func:`committed_shards`).
+
+At scale: a run reads a few small columns of every record once (:data:`RESUME_COLUMNS`; no key strings: each
+record stores its keys' 64-bit ids, ``key_ids``), finds the complete sources with array operations over them, and
+reads the per-source columns only for the sources that still have work. Chunks are merged into one compacted file
+(``compact-*.parquet``) at the end of a run once there are ``shards.compact_after`` of them. ``bench/manifest.py``:
+at a million records, about 2 s and 650 MB of driver memory.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -73,6 +82,7 @@ SCHEMA = pa.schema(
         ("attempts", pa.int32()),  # failed attempts including this record's, if it failed
         ("keys", pa.list_(pa.string())),  # keys written to `shard`
         ("unit_keys", pa.list_(pa.string())),  # every key the record stands for
+        ("key_ids", pa.list_(pa.int64())),  # key_id() of each of unit_keys: the plan matches keys as integers
         ("shard", pa.string()),
         ("fingerprint", pa.string()),
         ("run_id", pa.string()),
@@ -97,11 +107,17 @@ def manifest_dir(run_dir: str | Path) -> str:
     return storage.join(run_dir, "manifest")
 
 
+def key_id(key: str) -> int:
+    """A clip key's 64-bit id (BLAKE2b), stored beside it so that planning a rerun matches keys as integers."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 def write_chunk(run_dir: str | Path, name: str, records: list[dict[str, Any]]) -> str:
     """Write one manifest chunk whole: a local file by tmp name, fsync and rename; an object by one PUT."""
     d = manifest_dir(run_dir)
     storage.makedirs(d)
     cols = {f.name: [r.get(f.name) for r in records] for f in SCHEMA}
+    cols["key_ids"] = [[key_id(k) for k in r.get("unit_keys") or []] for r in records]  # never a stale copy
     table = pa.Table.from_pydict(cols, schema=SCHEMA)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
@@ -128,55 +144,99 @@ def _manifest_files(run_dir: str | Path, run_id: str | None = None) -> tuple[lis
 _COMPACT_SCHEMA = SCHEMA.append(pa.field("chunk", pa.dictionary(pa.int32(), pa.string())))
 
 
-def _read_files(files: list[str], columns: list[str] | None, schema: pa.Schema = SCHEMA) -> pa.Table:
+def _read_files(files: list[str], columns: list[str] | None, schema: pa.Schema = SCHEMA,
+                paths: list[str] | None = None) -> pa.Table:
+    """``columns`` of the records in ``files`` (a column a file lacks, from an older version, reads as nulls); with
+    ``paths``, only the records of those sources (from a large compacted file in small batches, so that only one
+    batch of the other columns is decoded at a time)."""
     import pyarrow.dataset as ds
 
+    target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
     if not files:
-        return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+        return target.empty_table()
     fs, _ = storage.filesystem(files[0])
-    paths = [storage.filesystem(f)[1] for f in files]
-    return ds.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns)
-
-
-def read_manifest(run_dir: str | Path, columns: list[str] | None = None, run_id: str | None = None) -> pa.Table:
-    """All committed records of a run directory as one table (empty when there are none). With ``run_id``, only the
-    chunks that run wrote (cheap at any size of manifest; compacted files hold finished runs)."""
-    compact_files, chunks = _manifest_files(run_dir, run_id)
-    if run_id is not None:
-        return _read_files(chunks, columns)
-    tables = []
-    merged: set[str] = set()
+    dataset = ds.dataset([storage.filesystem(f)[1] for f in files], schema=schema, format="parquet", filesystem=fs)
+    if paths is None:
+        return dataset.to_table(columns=columns)
+    if len(files) > 1:  # chunks: small files, filtered as they are read
+        return dataset.to_table(columns=columns, filter=ds.field("path").isin(pa.array(paths, pa.string())))
     import pyarrow.compute as pc
 
-    # Newest compaction first; a chunk that a newer compaction already holds (an interrupted compaction's deletes
-    # were cut short) is read from that one only.
-    for f in sorted(compact_files, reverse=True):
-        t = _read_files([f], None if columns is None else [*columns, "chunk"], _COMPACT_SCHEMA)
-        names = t.column("chunk").cast(pa.string())
-        if merged:
-            t = t.filter(pc.invert(pc.is_in(names, pa.array(sorted(merged)))))
-            names = t.column("chunk").cast(pa.string())
-        merged |= set(names.unique().to_pylist())
-        tables.append(t.drop_columns(["chunk"]))
+    wanted = pa.array(paths, pa.string())
+    parts = []
+    for f in files:
+        with fs.open_input_file(storage.filesystem(f)[1]) as fh:
+            pf = pq.ParquetFile(fh, pre_buffer=False)
+            have = set(pf.schema_arrow.names)
+            cols = [c for c in target.names if c in have] + ([] if "path" in target.names else ["path"])
+            for batch in pf.iter_batches(batch_size=16_384, columns=cols, use_threads=False):
+                batch = batch.filter(pc.is_in(batch["path"], value_set=wanted))
+                if batch.num_rows:
+                    parts.append(pa.table({c.name: batch[c.name] if c.name in have else pa.nulls(batch.num_rows, c.type)
+                                           for c in target}, schema=target))
+    return pa.concat_tables(parts) if parts else target.empty_table()
+
+
+def read_manifest(run_dir: str | Path, columns: list[str] | None = None, run_id: str | None = None,
+                  paths: list[str] | None = None) -> pa.Table:
+    """All committed records of a run directory as one table (empty when there are none). With ``run_id``, only the
+    chunks that run wrote (cheap at any size of manifest; compacted files hold finished runs). With ``paths``, only
+    the records of those sources."""
+    compact_files, chunks = _manifest_files(run_dir, run_id)
+    if run_id is not None:
+        return _read_files(chunks, columns, paths=paths)
+    tables = []
+    # A lone compacted file with no chunks beside it (the usual state after a compaction) is read without its
+    # `chunk` column.
+    if len(compact_files) == 1 and not chunks:
+        tables.append(_read_files(compact_files, columns or SCHEMA.names, _COMPACT_SCHEMA, paths))
+        merged: set[str] = set()
+    else:
+        merged = set()
+        for t in _compacted(compact_files, None if columns is None else [*columns, "chunk"], merged, paths):
+            tables.append(t.drop_columns(["chunk"]))
     rest = [f for f in chunks if storage.name(f) not in merged]
     if rest or not tables:
-        tables.append(_read_files(rest, columns))
+        tables.append(_read_files(rest, columns, paths=paths))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _compacted(files: list[str], columns: list[str] | None, merged: set[str],
+               paths: list[str] | None = None) -> Iterator[pa.Table]:
+    """The compacted files' records, newest file first, with their ``chunk`` column; adds the chunk names they hold
+    to ``merged``. A chunk that a newer compaction already holds (an older compaction's deletes were cut short) is
+    read from the newer one only."""
+    import pyarrow.compute as pc
+
+    for f in sorted(files, reverse=True):
+        t = _read_files([f], columns, _COMPACT_SCHEMA, paths)
+        names = set(pc.unique(t["chunk"]).cast(pa.string()).to_pylist()) if t.num_rows else set()
+        if names & merged:
+            held = pa.array(sorted(names & merged), pa.string())
+            t = t.filter(pc.invert(pc.is_in(t["chunk"].cast(pa.string()), held)))
+        merged |= names
+        yield t
 
 
 def compact(run_dir: str | Path, min_chunks: int = 2) -> dict[str, int]:
     """Merge the manifest's chunks into one Parquet file (row groups of 256k records), so planning a rerun reads a
     few files, not thousands. Safe to interrupt: the merged file names the chunks it holds (column ``chunk``), and
-    readers skip a chunk a merged file holds until the chunk is deleted."""
+    readers skip a chunk a merged file holds until the chunk is deleted; the next compaction deletes it."""
     compact_files, chunks = _manifest_files(run_dir)
     if len(chunks) < min_chunks:
         return {"chunks": 0, "records": 0}
-    parts = [_read_files(compact_files, None, _COMPACT_SCHEMA)] if compact_files else []
+    merged: set[str] = set()
+    parts = list(_compacted(compact_files, None, merged))
     for f in chunks:
+        if storage.name(f) in merged:
+            continue
         t = _read_files([f], None)
         chunk = pa.array([storage.name(f)] * t.num_rows, pa.string()).dictionary_encode()
         parts.append(t.append_column("chunk", chunk.cast(pa.dictionary(pa.int32(), pa.string()))))
     table = pa.concat_tables(parts)
+    if not _has_key_ids(table):  # chunks written before key ids were stored
+        table = table.set_column(table.schema.get_field_index("key_ids"), "key_ids",
+                                 pa.array(_fill_key_ids(table), pa.list_(pa.int64())))
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, row_group_size=256_000)
     storage.write_bytes(storage.join(manifest_dir(run_dir), f"{COMPACT_PREFIX}{new_run_id()}.parquet"),
@@ -236,6 +296,12 @@ class Plan:
     complete_ids: dict[str, tuple[str, str]] = field(default_factory=dict)  # content id -> (status, path)
 
 
+def _details(run_dir: str | Path | None, paths: list[str] | None) -> pa.Table:
+    if run_dir is None:
+        raise ValueError(f"plan: the manifest table lacks the per-source columns {PLAN_COLUMNS}; pass run_dir")
+    return read_manifest(run_dir, PLAN_COLUMNS, paths=paths)
+
+
 def _latest(rows: Iterable[dict[str, Any]], key: Any) -> dict[Any, dict[str, Any]]:
     out: dict[Any, dict[str, Any]] = {}
     for r in rows:
@@ -245,35 +311,49 @@ def _latest(rows: Iterable[dict[str, Any]], key: Any) -> dict[Any, dict[str, Any
     return out
 
 
-PLAN_COLUMNS = ["kind", "unit", "path", "sha256", "content_id", "window", "windows", "status", "reason", "attempts",
-                "unit_keys", "keys", "fingerprint", "finished_at"]
-RESUME_COLUMNS = PLAN_COLUMNS + ["shard"]  # what a run reads of the manifest at its start (recovery and the plan)
+# What the pass over every record reads (a few small columns; no key strings), what the per-source plan reads of
+# the sources that pass did not find complete, and what a run reads of the manifest at its start (recovery too).
+SCAN_COLUMNS = ["kind", "path", "content_id", "window", "windows", "status", "key_ids", "fingerprint", "finished_at"]
+PLAN_COLUMNS = SCAN_COLUMNS + ["sha256", "reason", "attempts", "unit_keys"]
+RESUME_COLUMNS = SCAN_COLUMNS + ["shard"]
 
 
-def plan(paths: Iterable[str], table: pa.Table, fingerprint: str, max_attempts: int) -> Plan:
+def plan(paths: Iterable[str], table: pa.Table, fingerprint: str, max_attempts: int,
+         run_dir: str | Path | None = None) -> Plan:
     """What to do for each of ``paths`` given the manifest ``table`` (see the module docstring).
 
-    Sources whose records say they are complete are found with columnar operations over the whole manifest (at a
-    million records a few seconds and a few hundred MB); only the sources that still have work are looked at one by
-    one."""
+    Sources whose records say they are complete are found with array operations over ``table``, which needs only
+    :data:`SCAN_COLUMNS` (at a million records about 2 s and a few hundred MB, `bench/manifest.py`); only the sources
+    that still have work are looked at one by one, with their records' :data:`PLAN_COLUMNS`, taken from ``table`` if
+    it has them or read from ``run_dir`` for those sources only."""
     import pyarrow.compute as pc
 
+    detailed = all(c in table.column_names for c in PLAN_COLUMNS)
+    if not detailed and not _has_key_ids(table):  # records written before key ids were stored: the keys are needed
+        table, detailed = _details(run_dir, None), True
     table = for_fingerprint(table.select([c for c in PLAN_COLUMNS if c in table.column_names]), fingerprint)
     paths = list(paths)
     out = Plan()
     now = time.time()
-    complete = _complete_sources(table) if table.num_rows else {}
-    known = set(pc.unique(table["path"]).to_pylist()) if table.num_rows else set()
-    rest = [p for p in paths if p in known and p not in complete]
+    # Each path's state from the pass over every record: -1 no record, 0 work left, else its complete status.
+    path_names, state, path_codes = _scan_sources(table)
+    if paths and len(path_names):
+        index = pc.index_in(pa.array(paths, pa.string()), value_set=path_names)
+        index = pc.fill_null(index, -1).to_numpy(zero_copy_only=False)
+        st = np.where(index >= 0, state[np.maximum(index, 0)], -1)
+    else:
+        st = np.full(len(paths), -1, np.int8)
+    for code, n in zip(*np.unique(st[st > 0], return_counts=True)):
+        out.skipped[COMPLETE_STATUSES[code]] = int(n)
+    rest = [paths[i] for i in np.flatnonzero(st == 0)]
     by_path: dict[str, list[dict[str, Any]]] = {}
     if rest:
-        sub = table.filter(pc.is_in(table["path"], pa.array(rest, pa.string())))
+        sub = table.filter(pc.is_in(table["path"], pa.array(rest, pa.string()))) if detailed else \
+            for_fingerprint(_details(run_dir, rest), fingerprint)
         for r in sub.to_pylist():
             by_path.setdefault(r["path"], []).append(r)
-    for p in paths:
-        if p in complete:
-            out.skipped[complete[p]] = out.skipped.get(complete[p], 0) + 1
-            continue
+    for i in np.flatnonzero(st <= 0):
+        p = paths[i]
         recs = by_path.get(p)
         if not recs:
             out.todo.append(SourceTask(p, new=True))
@@ -286,79 +366,191 @@ def plan(paths: Iterable[str], table: pa.Table, fingerprint: str, max_attempts: 
             out.todo.append(task)
     # Content ids of complete sources, so a source found under a new path (the same data mounted or copied
     # elsewhere) is recognised at probing, from two small reads, and not processed again.
-    if any(t.new for t in out.todo) and complete:
-        src = table.filter(pc.and_(pc.equal(table["kind"], SOURCE), pc.is_valid(table["content_id"])))
-        for p, cid in zip(src["path"].to_pylist(), src["content_id"].to_pylist()):
-            st = complete.get(p)
-            if st in (DONE, FILTERED) and cid not in out.complete_ids:
-                out.complete_ids[cid] = (st, p)
+    if any(t.new for t in out.todo) and (state > 0).any():
+        rows = np.flatnonzero(pc.fill_null(pc.and_(pc.equal(table["kind"], SOURCE), pc.is_valid(table["content_id"])),
+                                           False).to_numpy(zero_copy_only=False))
+        rows = rows[np.isin(state[path_codes[rows]], [COMPLETE_STATUSES.index(DONE), COMPLETE_STATUSES.index(FILTERED)])]
+        cids = table["content_id"].take(pa.array(rows)).to_pylist()
+        for r, cid in zip(rows, cids):
+            if cid not in out.complete_ids:
+                code = path_codes[r]
+                out.complete_ids[cid] = (COMPLETE_STATUSES[state[code]], path_names[code].as_py())
     return out
 
 
-def _latest_rows(t: pa.Table, keys: list[str]) -> pa.Table:
-    """The latest row (by ``finished_at``) of each group of ``keys``."""
+# The states of a source after the pass over every record (_scan_sources): work left, or complete with a status.
+COMPLETE_STATUSES = ("", DONE, FILTERED, QUARANTINED)
+
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a string column (``-1`` for nulls) and the strings they index."""
     import pyarrow.compute as pc
 
-    order = pc.sort_indices(t["finished_at"])
-    ranked = t.select(keys).take(order).append_column("__i", order)
-    ranked = ranked.append_column("__r", pa.array(range(t.num_rows), pa.int64()))
-    last = ranked.group_by(keys).aggregate([("__r", "max")])
-    return t.take(ranked["__i"].take(last["__r_max"]))
+    enc = pc.dictionary_encode(col)  # the chunks of a chunked column share one dictionary
+    chunks = enc.chunks if isinstance(enc, pa.ChunkedArray) else [enc]
+    if not chunks:
+        return np.zeros(0, np.int32), pa.array([], pa.string())
+    codes = np.concatenate([pc.fill_null(c.indices, -1).to_numpy(zero_copy_only=False) for c in chunks])
+    return codes.astype(np.int32, copy=False), chunks[0].dictionary
 
 
-def _complete_sources(table: pa.Table) -> dict[str, str]:
-    """path -> status (done, filtered, quarantined) of every source whose records say it needs no more work: each
-    window summarised with a final status, every key those summaries name final, and nothing failed."""
+def _last_of_groups(*keys: np.ndarray) -> np.ndarray:
+    """Indices of the last element of each group of equal ``keys`` (the first key most significant), in the order
+    the elements came in for equal keys: with ``finished_at`` as the least significant key, each group's latest."""
+    order = np.lexsort(keys[::-1])
+    if not len(order):
+        return order
+    grouping = keys[:-1] if len(keys) > 1 else keys
+    change = np.zeros(len(order), bool)
+    change[-1] = True
+    for k in grouping:
+        s = k[order]
+        change[:-1] |= s[1:] != s[:-1]
+    return order[change]
+
+
+def _mask(n: int, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    return mask
+
+
+def _key_ids(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(key id, row) of every key the records name, flattened in row order. Records written before key ids were
+    stored get them computed from their keys (slow at millions of records; the next compaction stores them)."""
     import pyarrow.compute as pc
 
-    final = pa.array(list(FINAL_STATUSES), pa.string())
-    src = _latest_rows(table.filter(pc.equal(table["kind"], SOURCE)).select(
-        ["path", "window", "windows", "status", "unit_keys", "finished_at"]), ["path", "window"])
-    out: dict[str, str] = {}
-    # A whole-source record with a final status settles the source (unusable, or the same content as another).
-    whole = src.filter(pc.and_(pc.equal(src["window"], WHOLE_SOURCE), pc.is_in(src["status"], final)))
-    whole_status = dict(zip(whole["path"].to_pylist(), whole["status"].to_pylist()))
-    win = src.filter(pc.not_equal(src["window"], WHOLE_SOURCE))
-    # Windows: every window 0..n-1 has a record, every record is final.
-    per = win.group_by("path").aggregate([("window", "count_distinct"), ("windows", "max"),
-                                          ("status", "count")])
-    nonfinal = win.filter(pc.invert(pc.is_in(win["status"], final)))
-    bad = set(pc.unique(nonfinal["path"]).to_pylist()) if nonfinal.num_rows else set()
-    ok_windows = {p for p, n, m in zip(per["path"].to_pylist(), per["window_count_distinct"].to_pylist(),
-                                       per["windows_max"].to_pylist()) if n == (m or 1) and p not in bad}
-    # Keys: the latest record naming each key decides it.
-    units = table.filter(pc.equal(table["kind"], UNIT)).select(["path", "status", "unit_keys", "finished_at"])
-    idx = pc.list_parent_indices(units["unit_keys"])
-    keys = pa.table({"key": pc.list_flatten(units["unit_keys"]), "status": units["status"].take(idx),
-                     "finished_at": units["finished_at"].take(idx)})
-    state = _latest_rows(keys, ["key"]) if keys.num_rows else keys
-    # Any key whose latest record failed (retry or quarantine) sends its source to the detailed plan.
-    failed_keys = state.filter(pc.invert(pc.is_in(state["status"], final))) if state.num_rows else state
-    key_final = state.filter(pc.is_in(state["status"], final)) if state.num_rows else state
+    n = table.num_rows
+    ids = table["key_ids"] if _has_key_ids(table) else pa.chunked_array([pa.array(_fill_key_ids(table),
+                                                                                   pa.list_(pa.int64()))])
+    lengths = _lengths(ids)
+    flat = pc.list_flatten(ids)
+    key = np.concatenate([c.to_numpy() for c in flat.chunks]) if flat.num_chunks else np.zeros(0, np.int64)
+    return key.astype(np.int64, copy=False), np.repeat(np.arange(n, dtype=np.int32), lengths)
+
+
+def _lengths(col: pa.ChunkedArray) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+
+
+def _has_key_ids(table: pa.Table) -> bool:
+    """Whether every record's keys have their ids stored (records written before they were have none)."""
+    if "key_ids" not in table.column_names:
+        return False
+    if "unit_keys" not in table.column_names:
+        return table["key_ids"].null_count == 0
+    return np.array_equal(_lengths(table["key_ids"]), _lengths(table["unit_keys"]))
+
+
+def _fill_key_ids(table: pa.Table) -> list[list[int] | None]:
+    have = table["key_ids"].to_pylist() if "key_ids" in table.column_names else [None] * table.num_rows
+    return [h if h is not None and len(h) == len(ks or []) else [key_id(k) for k in ks or []]
+            for h, ks in zip(have, table["unit_keys"].to_pylist())]
+
+
+def _scan_sources(table: pa.Table) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Which sources the records say need no more work: each window summarised with a final status, every key those
+    summaries name final, and nothing failed. Returns the paths the records name, each path's state (an index into
+    :data:`COMPLETE_STATUSES`: 0 work left, else complete as done, filtered or quarantined), and each record's path
+    (an index into the paths; -1 for none).
+
+    Integer work throughout: paths and statuses are dictionary-encoded once, keys are their stored 64-bit ids, and
+    latest records and per-source checks are sorts and array lookups (`bench/manifest.py`: about 2 s and a few
+    hundred MB at a million records). The per-source plan (:func:`_plan_source`) applies the same rules to the
+    sources this pass does not find complete; `test_columnar_completeness_agrees_with_the_per_source_plan` holds
+    the two to each other."""
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    path, path_names = _codes(table["path"])
+    status, status_names = _codes(table["status"])
+    names = status_names.to_pylist()
+    is_final = np.array([s in FINAL_STATUSES for s in names] + [False])  # index -1: a null status
+    done_code = names.index(DONE) if DONE in names else -2
+    quar_code = names.index(QUARANTINED) if QUARANTINED in names else -2
+    is_src = pc.fill_null(pc.equal(table["kind"], SOURCE), False).to_numpy(zero_copy_only=False)
+    is_unit = pc.fill_null(pc.equal(table["kind"], UNIT), False).to_numpy(zero_copy_only=False)
+    window = pc.fill_null(table["window"], -2).to_numpy().astype(np.int32)
+    windows = pc.fill_null(table["windows"], 0).to_numpy().astype(np.int32)
+    finished = pc.fill_null(table["finished_at"], 0.0).to_numpy()
+
+    # Source records: the latest of each (path, window).
+    src_rows = np.flatnonzero(is_src & (window != -2) & (path >= 0))
+    latest_src = src_rows[_last_of_groups(path[src_rows], window[src_rows], finished[src_rows])]
+    win_rows = latest_src[window[latest_src] != WHOLE_SOURCE]
+    whole_rows = latest_src[window[latest_src] == WHOLE_SOURCE]
+    n_paths = len(path_names)
+    # Windows: every window 0..n-1 has a record (count of distinct windows against the most windows any says), and
+    # every record is final.
+    wp = path[win_rows]
+    n_windows = np.bincount(wp, minlength=n_paths)
+    need = np.zeros(n_paths, np.int64)
+    np.maximum.at(need, wp, windows[win_rows])
+    windowed = n_windows > 0
+    ok = windowed & (n_windows == np.where(need > 0, need, 1))
+    bad = np.zeros(n_paths, bool)
+    bad[wp[~is_final[status[win_rows]]]] = True
+    quarantined = np.zeros(n_paths, bool)
+    quarantined[wp[status[win_rows] == quar_code]] = True
+    # Keys: the latest unit record of a source naming a key decides it. The summaries' and the units' keys are
+    # grouped by (source, key id) with one sort of a 64-bit mix of the two; within a source the mix is one-to-one,
+    # so a group that holds two sources (a collision of the mix) sends both to the per-source plan.
+    key, owner = _key_ids(table)
+    take = (is_unit | _mask(n, win_rows))[owner]
+    key, owner = key[take], owner[take]
+    del take
+    kpath = path[owner]
+    mix = key.view(np.uint64) ^ (kpath.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    del key
+    u, t, st = is_unit[owner], finished[owner], status[owner]
+    del owner
+    order = np.argsort(mix, kind="stable")  # stable: within a group, records in the order they were written
+    mix, kpath, u, t, st = mix[order], kpath[order], u[order], t[order], st[order]
+    del order
+    m = len(mix)
+    new_group = mix[1:] != mix[:-1]
+    del mix
+    clash = np.flatnonzero(~new_group & (kpath[1:] != kpath[:-1]))
+    bad[kpath[clash]] = True
+    bad[kpath[clash + 1]] = True
+    starts = np.flatnonzero(np.r_[True, new_group]) if m else np.zeros(0, np.int64)
+    group = np.cumsum(np.r_[False, new_group], dtype=np.int32) if m else np.zeros(0, np.int32)
+    del new_group
+    t = np.where(u, t, -np.inf)
+    latest_t = np.maximum.reduceat(t, starts) if m else t
+    pos = np.where(u & (t == latest_t[group]), np.arange(m, dtype=np.int32), np.int32(-1))
+    del t, latest_t
+    latest = np.maximum.reduceat(pos, starts) if m else pos  # per group: its latest unit record, or -1
+    del pos, starts
+    group_status = np.where(latest >= 0, st[np.maximum(latest, 0)], -1)
     # Expected keys of the windows; each must be final.
-    wk_idx = pc.list_parent_indices(win["unit_keys"])
-    expected = pa.table({"path": win["path"].take(wk_idx), "key": pc.list_flatten(win["unit_keys"])})
-    if expected.num_rows:
-        joined = expected.join(key_final.select(["key", "status"]), "key", join_type="left outer")
-        missing = joined.filter(pc.is_null(joined["status"]))
-        bad |= set(pc.unique(missing["path"]).to_pylist()) if missing.num_rows else set()
-        done_paths = set(pc.unique(joined.filter(pc.equal(joined["status"], DONE))["path"]).to_pylist())
-        quar_paths = set(pc.unique(joined.filter(pc.equal(joined["status"], QUARANTINED))["path"]).to_pylist())
-    else:
-        done_paths, quar_paths = set(), set()
-    if failed_keys.num_rows:
-        fk = set(failed_keys["key"].to_pylist())
-        exp_fail = expected.filter(pc.is_in(expected["key"], pa.array(sorted(fk), pa.string())))
-        bad |= set(pc.unique(exp_fail["path"]).to_pylist()) if exp_fail.num_rows else set()
-    win_quar = set(pc.unique(win.filter(pc.equal(win["status"], QUARANTINED))["path"]).to_pylist()) \
-        if win.num_rows else set()
-    for p in ok_windows - bad:
-        out[p] = DONE if p in done_paths else (QUARANTINED if (p in quar_paths or p in win_quar) else FILTERED)
-    windowed = set(pc.unique(win["path"]).to_pylist()) if win.num_rows else set()
-    for p, st in whole_status.items():
-        if p not in out and p not in windowed:
-            out[p] = st
-    return out
+    exp = ~u
+    e_path, e_status = kpath[exp], group_status[group[exp]]
+    bad[e_path[~is_final[e_status]]] = True
+    # A complete source is done if any of its keys was written, else quarantined if any part of it was.
+    named = latest >= 0
+    latest_path, latest_status = kpath[latest[named]], group_status[named]
+    has_done = np.zeros(n_paths, bool)
+    has_done[latest_path[latest_status == done_code]] = True
+    quarantined[latest_path[latest_status == quar_code]] = True
+
+    state = np.zeros(n_paths, np.int8)
+    complete = ok & ~bad
+    state[complete] = np.where(has_done, 1, np.where(quarantined, 3, 2))[complete]
+    # A whole-source record with a final status (unusable, or the same content as another) settles a source without
+    # windows, or one whose window records are no later and none failed (one failed too often would be quarantined
+    # now, after it).
+    last_window = np.full(n_paths, -np.inf)
+    np.maximum.at(last_window, wp, finished[win_rows])
+    failed_window = np.zeros(n_paths, bool)
+    failed_window[wp[status[win_rows] == (names.index(FAILED) if FAILED in names else -2)]] = True
+    wh = whole_rows[is_final[status[whole_rows]]]
+    wh = wh[~windowed[path[wh]] | ((finished[wh] >= last_window[path[wh]]) & ~failed_window[path[wh]])]
+    to_state = np.array([COMPLETE_STATUSES.index(x) if x in COMPLETE_STATUSES[1:] else 0 for x in names] + [0], np.int8)
+    state[path[wh]] = to_state[status[wh]]
+    return path_names, state, path
 
 
 def _plan_source(path: str, recs: list[dict[str, Any]], fingerprint: str, max_attempts: int,
@@ -412,8 +604,8 @@ def _plan_source(path: str, recs: list[dict[str, Any]], fingerprint: str, max_at
     if n_windows is not None and len(complete) == n_windows and all(w in complete for w in range(n_windows)):
         if any(r["status"] == DONE for r in key_state.values()):
             status = DONE
-        elif any(r["status"] == QUARANTINED for r in windows.values()) or (
-                final and all(key_state[k]["status"] == QUARANTINED for k in final)):
+        elif any(r["status"] == QUARANTINED for w, r in windows.items() if w != WHOLE_SOURCE) or any(
+                key_state[k]["status"] == QUARANTINED for k in final):
             status = QUARANTINED
         else:
             status = FILTERED
@@ -511,7 +703,9 @@ def recover(run_dir: str | Path, table: pa.Table | None = None) -> dict[str, int
         if n.endswith(TMP_SUFFIX) or n.endswith(".tmp"):
             storage.delete(f.uri)
             removed["tmp_files"] += 1
-    named = set((table if table is not None else read_manifest(run_dir, ["shard"])).column("shard").to_pylist())
+    import pyarrow.compute as pc
+
+    named = set(pc.unique((table if table is not None else read_manifest(run_dir, ["shard"]))["shard"]).to_pylist())
     for f in shards:
         n = storage.name(f.uri)
         if n.endswith(SHARD_SUFFIX) and n not in named:

@@ -252,7 +252,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
         if found.skipped:
             log("discovery skipped " + ", ".join(f"{n} files: {r}" for r, n in sorted(found.skipped.items()))
                 + " (counted in stats.json under discovery)")
-        the_plan = plan(paths, table, fingerprint, recipe.run.max_attempts)
+        the_plan = plan(paths, table, fingerprint, recipe.run.max_attempts, run_dir)
         del table
         if the_plan.quarantine_now:
             for r in the_plan.quarantine_now:
