@@ -369,7 +369,8 @@ def plan(paths: Iterable[str], table: pa.Table, fingerprint: str, max_attempts: 
     if any(t.new for t in out.todo) and (state > 0).any():
         rows = np.flatnonzero(pc.fill_null(pc.and_(pc.equal(table["kind"], SOURCE), pc.is_valid(table["content_id"])),
                                            False).to_numpy(zero_copy_only=False))
-        rows = rows[np.isin(state[path_codes[rows]], [COMPLETE_STATUSES.index(DONE), COMPLETE_STATUSES.index(FILTERED)])]
+        settled = [COMPLETE_STATUSES.index(DONE), COMPLETE_STATUSES.index(FILTERED)]
+        rows = rows[np.isin(state[path_codes[rows]], settled)]
         cids = table["content_id"].take(pa.array(rows)).to_pylist()
         for r, cid in zip(rows, cids):
             if cid not in out.complete_ids:

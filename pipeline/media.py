@@ -656,7 +656,8 @@ def iter_extract(path: str, info: dict[str, Any], spec: ExtractSpec, span: tuple
         a0, a1 = int(round(s * afps)), int(round(e * afps))
         an = [img for t, img in analysis if a0 <= t < a1] or [img for t, img in analysis if a0 - 1 <= t <= a0][:1]
         return ExtractedClip(
-            start=s, end=e, mp4=mp4, wav=b"", analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast", threads=ANALYSIS_X264_THREADS),
+            start=s, end=e, mp4=mp4, wav=b"",
+            analysis_mp4=encode_video(an, afps, crf=18, preset="ultrafast", threads=ANALYSIS_X264_THREADS),
             frames=b - a, analysis_frames=len(an), audio_padded_s=0.0,
             guard=verdict.to_dict() if verdict is not None else {},
             width=geo.out[0], height=geo.out[1], analysis_width=geo.an[0], analysis_height=geo.an[1])
