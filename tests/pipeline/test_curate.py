@@ -268,7 +268,7 @@ def test_run_killed_between_the_commit_steps_recovers_the_clean_keys(clean_run, 
     assert {p.name for p in (run_dir / "shards").glob("*.tar")} == {Path(p).name for p in committed_shards(run_dir)}
 
 
-@pytest.mark.slow  # after this file's worker-death tests their restarting pools can hold the rest of the CPUs too
+@pytest.mark.slow  # after this file's worker-death tests, an actor Ray restarted can still hold CPUs for a while
 def test_a_run_fits_the_cpus_an_earlier_runs_leftover_actor_still_holds(ray_local, two_sources, tmp_path):
     """An actor that outlived an earlier run in this process holds CPUs of the local Ray: the next run's graph is
     fitted to what is free, so it finishes instead of waiting forever for CPUs its own pools took. (Four pools:
