@@ -258,7 +258,7 @@ def curate(recipe: Recipe, log: Callable[[str], None] = print, worker_logs: bool
     run_dir = storage.canonical(recipe.output)
     storage.makedirs(run_dir)
     with RunLock(run_dir):
-        table = read_manifest(run_dir, RESUME_COLUMNS)  # read once: recovery and the plan share it
+        table = read_manifest(run_dir, RESUME_COLUMNS)  # read once, a few columns: recovery and the plan share it
         removed = recover(run_dir, table)
         if any(removed.values()):
             log(f"recovered from an interrupted run: removed {removed['tmp_files']} temporary files and "
