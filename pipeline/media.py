@@ -23,10 +23,8 @@ the most recent frame.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import math
-import os
 import time
 import wave
 from collections import deque
