@@ -56,13 +56,7 @@ def fault_point(name: str) -> None:
 def kill_session(sid: int) -> None:
     """SIGKILL every process of session ``sid`` (Linux), this one last."""
     me = os.getpid()
-    for _ in range(3):  # processes may fork while we kill
-        for pid in session_pids(sid):
-            if pid != me:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    reap_session(sid, rounds=3, pause_s=0.0, spare=me)
     os.kill(me, signal.SIGKILL)
 
 
@@ -83,13 +77,14 @@ def session_pids(sid: int) -> list[int]:
     return out
 
 
-def reap_session(sid: int, rounds: int = 100, pause_s: float = 0.1) -> None:
-    """SIGKILL every live process of session ``sid`` until none is left (or ``rounds`` passes): processes may still
-    fork while they are killed. For the tests and benchmarks that run a whole ``curate`` in a session of its own."""
+def reap_session(sid: int, rounds: int = 100, pause_s: float = 0.1, spare: int | None = None) -> None:
+    """SIGKILL every live process of session ``sid`` (but ``spare``) until none is left or ``rounds`` pass:
+    processes may still fork while they are killed. For the fault points, and for the tests and benchmarks that run
+    a whole ``curate`` in a session of its own."""
     import time
 
     for _ in range(rounds):
-        pids = session_pids(sid)
+        pids = [p for p in session_pids(sid) if p != spare]
         if not pids:
             return
         for pid in pids:
