@@ -268,6 +268,33 @@ def test_run_killed_between_the_commit_steps_recovers_the_clean_keys(clean_run, 
     assert {p.name for p in (run_dir / "shards").glob("*.tar")} == {Path(p).name for p in committed_shards(run_dir)}
 
 
+def test_free_cpus_lets_go_of_an_actor_only_a_reference_cycle_holds(ray_local):
+    """An actor whose last handle sits in a reference cycle (as a restarted pool actor's can, through the error that
+    told of its death) keeps its CPU until the garbage collector runs: a run's free-CPU count collects first."""
+    import gc
+
+    from pipeline.run import _free_cpus
+
+    @ray_local.remote(num_cpus=1)
+    class Held:
+        def ping(self) -> bool:
+            return True
+
+    total = float(ray_local.cluster_resources()["CPU"])
+    gc.disable()  # no automatic collection may free the cycle before _free_cpus does
+    try:
+        held = Held.remote()
+        ray_local.get(held.ping.remote(), timeout=60)
+        cycle: dict = {"held": held}
+        cycle["self"] = cycle
+        del held, cycle
+        time.sleep(1.0)
+        assert ray_local.available_resources().get("CPU", 0) <= total - 1 + 1e-6  # still held by the cycle
+        assert _free_cpus(ray_local, total) == pytest.approx(total)
+    finally:
+        gc.enable()
+
+
 @pytest.mark.slow  # after this file's worker-death tests, an actor Ray restarted can still hold CPUs for a while
 def test_a_run_fits_the_cpus_an_earlier_runs_leftover_actor_still_holds(ray_local, two_sources, tmp_path):
     """An actor that outlived an earlier run in this process holds CPUs of the local Ray: the next run's graph is
