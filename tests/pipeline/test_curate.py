@@ -281,6 +281,7 @@ def test_free_cpus_lets_go_of_an_actor_only_a_reference_cycle_holds(ray_local):
             return True
 
     total = float(ray_local.cluster_resources()["CPU"])
+    before = _free_cpus(ray_local, total)  # what earlier tests' actors leave free (all of it, as a rule)
     gc.disable()  # no automatic collection may free the cycle before _free_cpus does
     try:
         held = Held.remote()
@@ -289,8 +290,8 @@ def test_free_cpus_lets_go_of_an_actor_only_a_reference_cycle_holds(ray_local):
         cycle["self"] = cycle
         del held, cycle
         time.sleep(1.0)
-        assert ray_local.available_resources().get("CPU", 0) <= total - 1 + 1e-6  # still held by the cycle
-        assert _free_cpus(ray_local, total) == pytest.approx(total)
+        assert ray_local.available_resources().get("CPU", 0) <= before - 1 + 1e-6  # still held by the cycle
+        assert _free_cpus(ray_local, total) >= before - 1e-6
     finally:
         gc.enable()
 
