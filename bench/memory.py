@@ -40,16 +40,20 @@ def main() -> None:
             src = loop_video(sample(CLIP), tmp / f"loop_{minutes:g}min.mp4", minutes * 60)
             t0 = time.time()
             mem, stats = curate_measured(src, tmp, f"run_{minutes:g}", window_s=args.window_s)
-            rows.append((minutes, mem.peak_sum_mb, mem.peak_worker_mb, stats["samples_written"], time.time() - t0,
-                         mem.largest(1)[0][0] if mem.per_pid else "-"))
-            print(f"{minutes:g} min done: {mem.peak_sum_mb:.0f} MB all workers, {mem.peak_worker_mb:.0f} MB largest",
-                  flush=True)
-    base_sum, base_worker = rows[0][1], rows[0][2]
+            rows.append((minutes, mem.peak_sum_mb, mem.peak_worker_mb, mem.store_mb, mem.peak_rss_worker_mb,
+                         stats["samples_written"], time.time() - t0, mem.largest(1)[0][0] if mem.per_pid else "-"))
+            print(f"{minutes:g} min done: {mem.peak_sum_mb:.0f} MB all workers, {mem.peak_worker_mb:.0f} MB largest, "
+                  f"object store {mem.store_mb:.0f} MB ({mem.store_from})", flush=True)
+    base_sum, base_worker, base_store = rows[0][1], rows[0][2], rows[0][3]
     print(f"\n{CLIP} looped; clips.window_s={args.window_s:g}")
-    print(f"{'source':>8s} {'all workers MB':>15s} {'x':>6s} {'largest MB':>11s} {'x':>6s} {'samples':>8s} {'wall s':>7s}"
-          "  largest worker")
-    for minutes, s, w, n, wall, title in rows:
-        print(f"{minutes:>6g} m {s:15.0f} {s / base_sum:6.2f} {w:11.0f} {w / base_worker:6.2f} {n:8d} {wall:7.0f}  {title}")
+    print("all workers: every worker's own memory (RssAnon + RssFile) plus the object store's pages once, at one "
+          "instant;\nlargest: one worker's own memory; store: the object store's footprint; ps RSS: the largest "
+          "worker's RSS with the store pages it mapped")
+    print(f"{'source':>8s} {'all workers MB':>15s} {'x':>6s} {'largest MB':>11s} {'x':>6s} {'store MB':>9s} {'x':>6s} "
+          f"{'ps RSS MB':>10s} {'samples':>8s} {'wall s':>7s}  largest worker")
+    for minutes, s, w, st, rss, n, wall, title in rows:
+        print(f"{minutes:>6g} m {s:15.0f} {s / base_sum:6.2f} {w:11.0f} {w / base_worker:6.2f} {st:9.0f} "
+              f"{st / max(base_store, 1e-9):6.2f} {rss:10.0f} {n:8d} {wall:7.0f}  {title}")
 
 
 if __name__ == "__main__":

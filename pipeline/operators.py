@@ -385,6 +385,20 @@ class ExtractOp:
                     meta=meta)
 
 
+def shed_analysis(items: list[SourceItem]) -> None:
+    """Drop what only the stages read from units leaving the last operator: each clip's analysis frames and the
+    neighbours' context. The sink writes the clip, its audio, metadata and members, so the rows that wait in the object
+    store for a write task (``shards.units_per_write`` of them) are about a quarter the size (a 30 s 458x458 clip:
+    9.6 MB with the analysis clip and two neighbours', 2.1 MB without)."""
+    for item in items:
+        if item.kind != UNIT:
+            continue
+        item.context = []
+        for clip in item.clips:
+            clip.analysis_mp4 = b""
+            clip._cache.clear()
+
+
 def _context_of(clip: Clip) -> Clip:
     """A neighbour clip as context: its analysis frames and metadata, no media to write."""
     return Clip(key=clip.key, start=clip.start, end=clip.end, mp4=None, wav=b"", analysis_mp4=clip.analysis_mp4,
@@ -394,10 +408,12 @@ def _context_of(clip: Clip) -> Clip:
 class StageGroupOp:
     """Runs one or more stages over each unit in one Ray operator, so a clip's frames are decoded once per group."""
 
-    def __init__(self, stage_configs: list[tuple[str, dict[str, Any]]], ctx: RunContext | None = None):
+    def __init__(self, stage_configs: list[tuple[str, dict[str, Any]]], ctx: RunContext | None = None,
+                 last: bool = False):
         from stages import stage_class
 
         self.ctx = ctx or RunContext()
+        self.last = last  # the last operator before the sink: sheds the analysis frames (shed_analysis)
         cap_threads(self.ctx.threads)
         self.stages = []
         for name, cfg in stage_configs:
@@ -413,6 +429,8 @@ class StageGroupOp:
             live = [u for u in units if u.in_flight and u.alive]
             if live:
                 self._run_stage(stage, live)
+        if self.last:
+            shed_analysis(items)
         return batch_from_items(items)
 
     def _run_stage(self, stage: Any, units: list[SourceItem]) -> None:
@@ -490,13 +508,20 @@ class EncodeOp:
 
     name = "encode"
 
-    def __init__(self, spec: ExtractSpec, ctx: RunContext):
+    def __init__(self, spec: ExtractSpec, ctx: RunContext, last: bool = False):
         cap_threads(ctx.threads)
         self.spec = spec
         self.ctx = ctx
+        self.last = last  # the last operator before the sink: sheds the analysis frames (shed_analysis)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         items = items_from_batch(batch)
+        self._encode(items)
+        if self.last:
+            shed_analysis(items)
+        return batch_from_items(items)
+
+    def _encode(self, items: list[SourceItem]) -> None:
         for item in items:
             if item.kind != UNIT or not item.in_flight or not item.alive:
                 continue
@@ -526,7 +551,6 @@ class EncodeOp:
                     else:
                         clip.mp4 = data
                         stat.items_out += 1
-        return batch_from_items(items)
 
 
 def extract_source(path: str, spec: ExtractSpec | None = None, fingerprint: str = "",

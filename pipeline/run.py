@@ -482,12 +482,14 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
                                                "clips_per_unit": recipe.run.clips_per_unit},
                         runtime_env={"env_vars": {**env["env_vars"], **_thread_env(ex_res)}},
                         **_remote_args(ex_res, retries, actor=True))
-    for op in ops:
+    for i, op in enumerate(ops):
         res = op.resources
+        last = i == len(ops) - 1  # sheds what only the stages read before the rows wait for the sink
         renv: dict[str, Any] = {"env_vars": {**env["env_vars"], **_thread_env(res)}}
         if op.kind == "encode":
             ds = ds.map_batches(EncodeOp, batch_size=1, compute=_pool(res),
-                                fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(res)}, runtime_env=renv,
+                                fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(res), "last": last},
+                                runtime_env=renv,
                                 **_remote_args(res, retries, actor=True))
             continue
         if user_modules and any(":" in s.key for s in op.stages):
@@ -496,7 +498,7 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
                 [str(Path(m).parent) for m in user_modules] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         ds = ds.map_batches(StageGroupOp, batch_size=res.batch_size or 1, compute=_pool(res),
                             fn_constructor_kwargs={"stage_configs": [(s.key, recipe.stages[s.key]) for s in op.stages],
-                                                   "ctx": run_ctx(res)},
+                                                   "ctx": run_ctx(res), "last": last},
                             runtime_env=renv, **_remote_args(res, retries, actor=True))
     sink = ShardSink(run_dir, run_id, fingerprint, recipe.shards.max_samples, recipe.shards.max_bytes,
                      recipe.shards.units_per_write, package_versions())

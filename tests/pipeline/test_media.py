@@ -375,3 +375,36 @@ def test_analysis_frames_do_not_depend_on_the_extractors_threads():
 
 def _clips_of_threads(path, info, spec, threads):
     return [x for x in iter_extract(path, info, spec, threads=threads) if not isinstance(x, ExtractSummary)]
+
+
+def test_the_last_operator_sheds_what_only_the_stages_read(looped):
+    """Units leave the last operator without their analysis frames and their neighbours' context (rows wait for a
+    write task in the object store, ``shards.units_per_write`` at a time); the clip, its audio and metadata, which the
+    sink writes, are untouched, and an operator that is not the last keeps everything the next one reads."""
+    from pipeline.item import UNIT, batch_from_items, items_from_batch
+    from pipeline.operators import EncodeOp, ExtractOp, ProbeOp, RunContext
+    from pipeline.sink import samples_of
+    from pipeline.manifest import SourceTask
+
+    path, _ = looped
+    spec, ctx = ExtractSpec(min_s=1.0), RunContext(reraise=True)
+    (window,) = ProbeOp(ctx).probe_one(SourceTask(path))
+    units = [u for u in ExtractOp(spec, ctx, clips_per_unit=1).extract(window) if u.kind == UNIT]
+    assert len(units) >= 3 and all(u.context for u in units)
+
+    def through(last: bool) -> list:
+        return items_from_batch(EncodeOp(spec, ctx, last=last)(batch_from_items(units)))
+
+    kept, shed = through(False), through(True)
+    for a, b in zip(kept, shed):
+        assert a.context and all(c.analysis_mp4 for c in a.clips)
+        assert b.context == [] and all(c.analysis_mp4 == b"" for c in b.clips)
+        assert [len(c.analysis_frames()) for c in a.clips] == [c.meta["analysis"]["frames"] for c in a.clips]
+        sa, sb = samples_of(a, {}), samples_of(b, {})
+        for x, y in zip(sa, sb):
+            for k in ("__key__", "wav", "json"):
+                assert x[k] == y[k], k
+            assert decode_video_bytes(x["mp4"]).shape == decode_video_bytes(y["mp4"]).shape
+    size = lambda items: sum(len(c.analysis_mp4) + len(c.mp4 or b"") + len(c.wav) for u in items  # noqa: E731
+                             for c in u.clips + u.context)
+    assert size(shed) < 0.6 * size(kept)
