@@ -31,13 +31,17 @@ from typing import Any
 import psutil
 
 
-def ray_workers(root: int | None = None) -> list[psutil.Process]:
+def _processes(root: int | None) -> list[psutil.Process]:
+    """The processes under ``root`` (every process without one)."""
     try:
-        procs = psutil.Process(root).children(recursive=True) if root is not None else list(psutil.process_iter())
+        return psutil.Process(root).children(recursive=True) if root is not None else list(psutil.process_iter())
     except psutil.NoSuchProcess:
         return []
+
+
+def ray_workers(root: int | None = None) -> list[psutil.Process]:
     out = []
-    for p in procs:
+    for p in _processes(root):
         try:
             cmd = p.cmdline()
             title = cmd[0] if cmd else p.name()
@@ -63,11 +67,7 @@ def rss_parts(pid: int) -> tuple[int, int]:
 def plasma_files(root: int | None) -> list[str]:
     """``/proc/PID/fd/N`` paths through which the raylet(s) under ``root`` hold the object store's file."""
     out = []
-    try:
-        procs = psutil.Process(root).children(recursive=True) if root is not None else list(psutil.process_iter())
-    except psutil.NoSuchProcess:
-        return []
-    for p in procs:
+    for p in _processes(root):
         try:
             if p.name() != "raylet":
                 continue

@@ -3,8 +3,8 @@
 A real talking clip (``infinitetalk_ref_video.mp4``, 458x458, 15 s) is looped to a short and a long source (packets
 copied, so it decodes like a real long file: a hard cut at every loop). Each is curated by ``interacthuman curate``
 in its own process, with its own local Ray, while ``tests.memory_tools.WorkerMemory`` samples the resident memory of
-that Ray's workers (each worker's own memory, and the object store's shared pages once: ``tests/memory_tools.py``). The engine decodes a source in windows and streams units of a few clips, so the workers' peak
-must stay flat: at most 1.3x from the short to the long source. A clip grid of 10 fps at 128 px keeps the encode
+that Ray's workers (each worker's own memory, and the object store's shared pages once: ``tests/memory_tools.py``).
+The engine decodes a source in windows and streams units of a few clips, so the workers' peak must stay flat: at most 1.3x from the short to the long source. A clip grid of 10 fps at 128 px keeps the encode
 cheap; the memory the engine holds per unit does not depend on it.
 """
 
@@ -50,7 +50,8 @@ def _check(tmp: Path, short_s: float, long_s: float) -> tuple[float, float]:
     assert m_short.peak_worker_mb > 100 and len(m_long.per_pid) >= 2
     ratio_sum = m_long.peak_sum_mb / m_short.peak_sum_mb
     ratio_worker = m_long.peak_worker_mb / m_short.peak_worker_mb
-    print(f"workers' peak memory (own, plus the object store once): {short_s / 60:g} min {m_short.peak_sum_mb:.0f} MB (largest worker "
+    print(f"workers' peak memory (own, plus the object store once): {short_s / 60:g} min "
+          f"{m_short.peak_sum_mb:.0f} MB (largest worker "
           f"{m_short.peak_worker_mb:.0f}), {long_s / 60:g} min {m_long.peak_sum_mb:.0f} MB (largest "
           f"{m_long.peak_worker_mb:.0f}): x{ratio_sum:.2f} / x{ratio_worker:.2f}; object store {m_short.store_mb:.0f} / "
           f"{m_long.store_mb:.0f} MB ({m_long.store_from}); largest: {m_long.largest()}")
