@@ -19,6 +19,7 @@ the share of the true speech time routed to the identity that speaks is printed 
     .venv/bin/python bench/annotate.py
     .venv/bin/python bench/annotate.py --json docs/perf_annotate.json
     .venv/bin/python bench/annotate.py --routing
+    .venv/bin/python bench/annotate.py --quick    # two clips and one pair: that it runs, not the figures
 """
 
 from __future__ import annotations
@@ -47,18 +48,22 @@ def _cpu(fn: Any, *args: Any) -> tuple[Any, float]:
     return out, time.process_time() - t
 
 
-def clips() -> list[tuple[str, Any]]:
-    from pipeline.item import SourceItem, batch_from_items, items_from_batch
-    from pipeline.media import ExtractSpec
-    from pipeline.operators import ExtractOp, ProbeOp
-    from stages.compose import clip_from_media, compose_pair
+def first_clips(names: list[str]) -> dict[str, Any]:
+    """Each named sample's first clip, as the pipeline builds it (encoded: lipsync and masks read the clip's
+    frames)."""
+    from pipeline.operators import extract_source
 
     paths = {p.name: p for p in (ROOT / "datasets" / "samples" / "videos").rglob("*.mp4")}
-    items = [SourceItem(path=str(paths[n])) for n in SINGLE]
-    items = items_from_batch(ExtractOp(ExtractSpec(), "bench")(ProbeOp()(batch_from_items(items))))
-    by_name = {Path(it.path).name: it.clips[0] for it in items}
-    out = [(n, by_name[n]) for n in SINGLE]
-    for a, b in PAIRS:
+    return {n: extract_source(str(paths[n])).clips[0] for n in names}
+
+
+def clips(quick: bool = False) -> list[tuple[str, Any]]:
+    from stages.compose import clip_from_media, compose_pair
+
+    single, pairs = (SINGLE[:2], PAIRS[:1]) if quick else (SINGLE, PAIRS)
+    by_name = first_clips(single)
+    out = [(n, by_name[n]) for n in single]
+    for a, b in pairs:
         mp4, wav, _ = compose_pair(by_name[a], by_name[b])
         c = clip_from_media(mp4, wav, key=f"pair:{a[:14]}+{b[:14]}")
         c._cache.clear()
@@ -77,17 +82,11 @@ def routing() -> int:
     import itertools
     import statistics
 
-    from pipeline.item import SourceItem, batch_from_items, items_from_batch
-    from pipeline.media import ExtractSpec
-    from pipeline.operators import ExtractOp, ProbeOp
     from stages.audio_vad import overlap, total
     from stages.compose import clip_from_media, compose_pair
     from stages.lipsync import LipSyncConfig, LipSyncStage
 
-    paths = {p.name: p for p in (ROOT / "datasets" / "samples" / "videos").rglob("*.mp4")}
-    items = items_from_batch(ExtractOp(ExtractSpec(), "bench")(ProbeOp()(batch_from_items(
-        [SourceItem(path=str(paths[n])) for n in SINGLE]))))
-    by_name = {Path(it.path).name: it.clips[0] for it in items}
+    by_name = first_clips(SINGLE)
     stage = LipSyncStage(LipSyncConfig())
     stage.setup()
     acc: dict[bool, list[float]] = {False: [], True: []}
@@ -112,6 +111,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="also write the numbers to this file")
     ap.add_argument("--routing", action="store_true", help="measure the audio router's accuracy instead")
+    ap.add_argument("--quick", action="store_true", help="two single-speaker clips and one pair (a smoke run)")
     args = ap.parse_args()
 
     import torch
@@ -132,7 +132,7 @@ def main() -> int:
         s.setup()
         built[name] = s
     rows = []
-    for name, clip in clips():
+    for name, clip in clips(args.quick):
         row: dict[str, Any] = {"clip": name, "duration_s": round(clip.duration, 2)}
         c = fresh(clip)
         _, row["analysis_decode"] = _cpu(c.analysis_frames)

@@ -42,9 +42,10 @@ def _cpu(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 
 def measure(paths: list[str], recipe: Any) -> dict[str, Any]:
-    from pipeline.item import Clip, SourceItem
-    from pipeline.media import bare_decode, extract_clips, probe
-    from pipeline.operators import StageGroupOp, spec_from_recipe
+    import copy
+
+    from pipeline.media import bare_decode, probe
+    from pipeline.operators import StageGroupOp, extract_source, spec_from_recipe
     from stages import REGISTRY
 
     spec = spec_from_recipe(recipe)
@@ -56,17 +57,13 @@ def measure(paths: list[str], recipe: Any) -> dict[str, Any]:
     for path in paths:
         info = probe(path)
         duration = float(info["duration_s"])
-        _, bare = _cpu(bare_decode, path, recipe.analysis.fps, recipe.analysis.short_side)
-        result, extract = _cpu(extract_clips, path, info, spec)
+        _, bare = _cpu(bare_decode, path, recipe.analysis.fps, recipe.analysis.short_side, info=info)
+        # The source's clips as the pipeline builds them, in one unit (encoded in the pass: for reference only).
+        extracted, extract = _cpu(extract_source, path, spec)
         row: dict[str, Any] = {"source": Path(path).name, "duration_s": duration, "bare_decode": bare,
-                               "extract": extract, "clips": len(result.clips)}
+                               "extract": extract, "clips": len(extracted.clips)}
         for mode, op in (("ordered", ordered_op), ("no_drops", no_drop_op)):
-            item = SourceItem(path=path, probe=info)
-            for i, ec in enumerate(result.clips):
-                item.clips.append(Clip(key=f"{i}", start=ec.start, end=ec.end, mp4=ec.mp4, wav=ec.wav,
-                                       analysis_mp4=ec.analysis_mp4,
-                                       meta={"analysis": {"fps": spec.analysis_fps, "frames": ec.analysis_frames},
-                                             "source": {"probe": info}, "scores": {}}))
+            item = copy.deepcopy(extracted)
             t = time.process_time()
             for clip in item.clips:
                 clip.analysis_frames()  # the shared decode, timed on its own
@@ -74,9 +71,9 @@ def measure(paths: list[str], recipe: Any) -> dict[str, Any]:
             # The operator's per-stage loop (drops, score_only, StageTimer), without the pickling between Ray
             # operators, so the decoded frames stay cached as they do inside one operator.
             for stage in op.stages:
-                if not item.in_flight:
+                if not item.alive:
                     break
-                op._run_stage(stage, item)
+                op._run_stage(stage, [item])
             row[mode] = {"analysis_decode": decode,
                          **{n: item.stats[n].cpu_s if n in item.stats else 0.0 for n in names},
                          "kept": len(item.alive),

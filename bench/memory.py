@@ -1,7 +1,8 @@
 """Peak worker memory against source length (issue 11): a real talking clip looped to 5, 10 and 30 minutes (by
 default), each curated by ``interacthuman curate`` in its own process with its own local Ray, while the resident
 memory of that Ray's workers is sampled (``tests/memory_tools.py``). Prints, per length, the peak of all workers
-together, the largest single worker, the samples written and the wall time, and the ratios to the shortest source.
+together (and what made it up: each kind of worker, how many, their memory, the object store), the largest single
+worker, the samples written and the wall time, and the ratios to the shortest source.
 
     .venv/bin/python bench/memory.py                  # 5, 10, 30 minutes
     .venv/bin/python bench/memory.py --minutes 1 3    # quicker
@@ -43,7 +44,8 @@ def main() -> None:
             rows.append((minutes, mem.peak_sum_mb, mem.peak_worker_mb, mem.store_mb, mem.peak_rss_worker_mb,
                          stats["samples_written"], time.time() - t0, mem.largest(1)[0][0] if mem.per_pid else "-"))
             print(f"{minutes:g} min done: {mem.peak_sum_mb:.0f} MB all workers, {mem.peak_worker_mb:.0f} MB largest, "
-                  f"object store {mem.store_mb:.0f} MB ({mem.store_from})", flush=True)
+                  f"object store {mem.store_mb:.0f} MB ({mem.store_from}); at the peak: "
+                  + ", ".join(f"{t} x{n} {mb:.0f} MB" for t, n, mb in mem.peak_parts()), flush=True)
     base_sum, base_worker, base_store = rows[0][1], rows[0][2], rows[0][3]
     print(f"\n{CLIP} looped; clips.window_s={args.window_s:g}")
     print("all workers: every worker's own memory (RssAnon + RssFile) plus the object store's pages once, at one "

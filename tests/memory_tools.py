@@ -95,6 +95,8 @@ class WorkerMemory:
         self.rss_per_pid: dict[int, int] = {}
         self.titles: dict[int, str] = {}
         self.peak_sum = 0
+        self.at_peak: list[tuple[str, int]] = []  # (title, own bytes) of every worker at the instant of peak_sum
+        self.store_at_peak = 0
         self.store = 0
         self.store_from = "none"
         self._files: list[str] = []
@@ -119,6 +121,7 @@ class WorkerMemory:
 
     def _poll(self) -> None:
         total, mapped = 0, 0
+        now: list[tuple[str, int]] = []
         for p in ray_workers(self.root):
             try:
                 own, shm = rss_parts(p.pid)
@@ -126,6 +129,7 @@ class WorkerMemory:
             except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 continue
             total += own
+            now.append((title, own))
             mapped = max(mapped, shm)
             if own > self.per_pid.get(p.pid, 0):
                 self.per_pid[p.pid] = own
@@ -133,7 +137,8 @@ class WorkerMemory:
             self.rss_per_pid[p.pid] = max(self.rss_per_pid.get(p.pid, 0), own + shm)
         store = self._store_now(mapped)
         self.store = max(self.store, store)
-        self.peak_sum = max(self.peak_sum, total + store)
+        if total + store > self.peak_sum:
+            self.peak_sum, self.at_peak, self.store_at_peak = total + store, now, store
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -165,6 +170,15 @@ class WorkerMemory:
     @property
     def store_mb(self) -> float:
         return self.store / 2**20
+
+    def peak_parts(self) -> list[tuple[str, int, float]]:
+        """What made up ``peak_sum``: ``(title, processes, MB of their own memory)`` per worker title, largest first,
+        then the object store."""
+        by: dict[str, list[int]] = {}
+        for title, own in self.at_peak:
+            by.setdefault(title, []).append(own)
+        rows = sorted(((t, len(v), sum(v) / 2**20) for t, v in by.items()), key=lambda r: -r[2])
+        return rows + [("object store", 1, self.store_at_peak / 2**20)]
 
     def largest(self, n: int = 3) -> list[tuple[str, float]]:
         top = sorted(self.per_pid, key=self.per_pid.get, reverse=True)[:n]  # type: ignore[arg-type]
