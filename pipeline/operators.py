@@ -265,11 +265,12 @@ class ExtractOp:
     """Decode one window of a source: scene cut, clip length bounds, 16 kHz audio, analysis frames (and the clips'
     H.264 when the recipe encodes in the pass). Yields units as their shots close, then the window's summary."""
 
-    def __init__(self, spec: ExtractSpec, ctx: RunContext, clips_per_unit: int = 1):
+    def __init__(self, spec: ExtractSpec, ctx: RunContext, clips_per_unit: int = 1, last: bool = False):
         cap_threads(ctx.threads)
         self.spec = spec
         self.ctx = ctx
         self.clips_per_unit = clips_per_unit
+        self.last = last  # no operator follows (clips encoded in the pass, no stages): shed as the last one does
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for item in items_from_batch(batch):
@@ -277,6 +278,8 @@ class ExtractOp:
                 yield batch_from_items([item])
                 continue
             for out in self.extract(item):
+                if self.last:
+                    shed_analysis([out])
                 yield batch_from_items([out])
 
     def extract(self, task: SourceItem) -> Iterator[SourceItem]:

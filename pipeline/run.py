@@ -479,7 +479,7 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
                         runtime_env=env, **_remote_args(probe_res, retries, actor=False))
     ds = ds.map_batches(ExtractOp, batch_size=1, compute=_pool(ex_res),
                         fn_constructor_kwargs={"spec": spec, "ctx": run_ctx(ex_res, clip_units=False),
-                                               "clips_per_unit": recipe.run.clips_per_unit},
+                                               "clips_per_unit": recipe.run.clips_per_unit, "last": not ops},
                         runtime_env={"env_vars": {**env["env_vars"], **_thread_env(ex_res)}},
                         **_remote_args(ex_res, retries, actor=True))
     for i, op in enumerate(ops):

@@ -108,6 +108,26 @@ def test_rerun_adds_nothing_and_changed_recipe_reprocesses(clean_run, sources, t
     assert not set(Path(p).name for p in committed_shards(run_dir)) & set(shards_before)
 
 
+def test_clips_encoded_in_the_single_pass_are_the_deferred_encodes_samples(clean_run, tmp_path):
+    """``run.encode_at: extract`` with no stages: the extractor is the only operator (and the last, so its units
+    reach the sink without their analysis frames); the run writes the deferred encode's keys, each clip the same
+    frames and audio up to x264's own noise."""
+    recipe, _, run_dir = clean_run
+    in_pass = load_recipe(Path(recipe.path), [f"output={tmp_path / 'run'}", "run.encode_at=extract"])
+    assert in_pass.fingerprint() == recipe.fingerprint()  # where the encode runs is not what is written
+    stats = curate(in_pass, log=lambda m: None)
+    assert "encode" not in stats["stages"] and stats["samples_written"] == 5
+    deferred = {s.key: s for s in read_run(run_dir)}
+    single = {s.key: s for s in read_run(tmp_path / "run")}
+    assert sorted(single) == sorted(deferred)
+    for key, a in single.items():
+        b = deferred[key]
+        assert a.frames.shape == b.frames.shape, key
+        assert np.array_equal(a.audio, b.audio), key
+        err = np.mean((a.frames.astype(np.float64) - b.frames.astype(np.float64)) ** 2)
+        assert 10 * np.log10(255.0 ** 2 / max(err, 1e-9)) > 35, key
+
+
 def _status_of(run_dir: Path, name: str) -> list[dict]:
     return [r for r in read_manifest(run_dir).to_pylist() if Path(r["path"]).name == name]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import wave
 
@@ -408,3 +409,9 @@ def test_the_last_operator_sheds_what_only_the_stages_read(looped):
     size = lambda items: sum(len(c.analysis_mp4) + len(c.mp4 or b"") + len(c.wav) for u in items  # noqa: E731
                              for c in u.clips + u.context)
     assert size(shed) < 0.6 * size(kept)
+    # With no operator after it (clips encoded in the pass, no stages), the extractor is the last and sheds.
+    in_pass = dataclasses.replace(spec, encode_in_pass=True)
+    alone = [u for b in ExtractOp(in_pass, ctx, clips_per_unit=1, last=True)(batch_from_items([window]))
+             for u in items_from_batch(b) if u.kind == UNIT]
+    assert [u.unit_keys for u in alone] == [u.unit_keys for u in units]
+    assert all(u.context == [] and all(c.analysis_mp4 == b"" and c.mp4 for c in u.clips) for u in alone)
