@@ -79,7 +79,6 @@ def main() -> int:
     if enc:  # the shard format's clip (x264 at the recipe's grid), apart from the analysis the budget is about
         print(f"without the clip encode ({enc:.2f} CPU-s, {enc / bare:.2f}x): {(total - enc) / bare:.2f}x")
     return 0
-    return 0
 
 
 if __name__ == "__main__":

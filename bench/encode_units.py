@@ -3,7 +3,8 @@ their run (``pipeline.media.encode_spans``), side by side on the same sources.
 
     .venv/bin/python bench/encode_units.py [VIDEO ...]
 
-Four back-to-back clips of about 2.4 s (3 s on longer sources, less on sources under 9.9 s) per source; CPU seconds of each way and the ratio.
+Four back-to-back clips of about 2.4 s (3 s on longer sources, less on sources under 9.9 s) per source; CPU
+seconds of each way and the ratio.
 """
 
 from __future__ import annotations

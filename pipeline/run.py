@@ -503,6 +503,10 @@ def _build_and_run(ray: Any, recipe: Recipe, the_plan: Any, stages: list[Any], r
     sink = ShardSink(run_dir, run_id, fingerprint, recipe.shards.max_samples, recipe.shards.max_bytes,
                      recipe.shards.units_per_write, package_versions())
     ds.write_datasink(sink, ray_remote_args={**_remote_args(write_res, retries, actor=False), "runtime_env": env})
+    if sink.unshed["units"]:
+        log(f"warning: {sink.unshed['units']} units reached the sink with {sink.unshed['bytes'] / 2**20:.1f} MB of "
+            "analysis frames or context it never writes (their last operator did not shed them; they waited in the "
+            "object store for a write task: pipeline.operators.shed_analysis)")
 
 
 def fit_to_machine(pools: list[Resources], tasks: list[Resources], cpus: float, log: Callable[[str], None]) -> None:

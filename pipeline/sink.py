@@ -47,6 +47,9 @@ class ShardSink(Datasink):
         self.max_bytes = max_bytes
         self.units_per_write = units_per_write
         self.versions = versions
+        # What reached the sink that it never writes (the driver's copy, from the write tasks' returns): units
+        # still carrying analysis frames or context, which their last operator should have shed (shed_analysis).
+        self.unshed = {"units": 0, "bytes": 0}
 
     @property
     def min_rows_per_write(self) -> int:
@@ -60,7 +63,7 @@ class ShardSink(Datasink):
         pending: dict[str, list[dict[str, Any]]] = {}  # shard name -> records waiting for that shard's commit
         loose: list[dict[str, Any]] = []  # records without clips, committed with the next chunk
         chunks = 0
-        summary = {"units": 0, "samples": 0, "shards": 0}
+        summary = {"units": 0, "samples": 0, "shards": 0, "unshed_units": 0, "unshed_bytes": 0}
 
         def on_commit(shard: CommittedShard) -> None:
             nonlocal chunks, loose
@@ -78,6 +81,9 @@ class ShardSink(Datasink):
                     item = from_row(row)
                     if item.kind == UNIT:
                         item.finish()
+                        unread = sum(len(c.analysis_mp4 or b"") for c in item.clips + item.context)
+                        summary["unshed_units"] += unread > 0
+                        summary["unshed_bytes"] += unread
                     summary["units"] += 1
                     samples = samples_of(item, extra) if item.kind == UNIT else []
                     if samples:
@@ -93,3 +99,8 @@ class ShardSink(Datasink):
             writer.abort()
             raise
         return summary
+
+    def on_write_complete(self, write_result: Any) -> None:
+        for r in write_result.write_returns:
+            self.unshed["units"] += r.get("unshed_units", 0)
+            self.unshed["bytes"] += r.get("unshed_bytes", 0)

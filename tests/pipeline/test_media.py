@@ -415,3 +415,32 @@ def test_the_last_operator_sheds_what_only_the_stages_read(looped):
              for u in items_from_batch(b) if u.kind == UNIT]
     assert [u.unit_keys for u in alone] == [u.unit_keys for u in units]
     assert all(u.context == [] and all(c.analysis_mp4 == b"" and c.mp4 for c in u.clips) for u in alone)
+
+
+def test_the_sink_counts_units_that_reach_it_unshed(tmp_path):
+    """The sink writes a unit's clips either way, and tells the driver (``ShardSink.unshed``, which the run logs as a
+    warning) how many units reached it still carrying analysis frames or context: none once they are shed."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    from ray.data.datasource.datasink import WriteResult
+
+    from pipeline.item import batch_from_items
+    from pipeline.operators import extract_source, shed_analysis
+    from pipeline.sink import ShardSink
+
+    unit = extract_source(str(sample("videoretalking_face2.mp4")), ExtractSpec(min_s=1.0))
+    unit.unit_keys = [c.key for c in unit.clips]
+    analysis = sum(len(c.analysis_mp4) for c in unit.clips)
+    assert analysis > 0
+    results = []
+    for i, shed in enumerate((False, True)):
+        if shed:
+            shed_analysis([unit])
+        sink = ShardSink(str(tmp_path / f"run{i}"), "r", "f", 10, 10**9, 1, {})
+        (tmp_path / f"run{i}").mkdir()
+        ret = sink.write([pa.table(batch_from_items([unit]))], SimpleNamespace(task_idx=0))
+        assert ret["samples"] == len(unit.clips) == 1
+        sink.on_write_complete(WriteResult(num_rows=1, size_bytes=0, write_returns=[ret, ret]))
+        results.append(sink.unshed)
+    assert results == [{"units": 2, "bytes": 2 * analysis}, {"units": 0, "bytes": 0}]
