@@ -58,6 +58,10 @@ def _check(tmp: Path, short_s: float, long_s: float) -> tuple[float, float]:
     assert ratio_worker <= MAX_RATIO
     assert m_long.store_from == "file" and m_long.store_mb > 1  # the store was read, not guessed
     assert ratio_sum <= MAX_RATIO
+    # What the bench prints as the peak's parts adds up to the peak, and names the operators that did the work.
+    parts = m_long.peak_parts()
+    assert sum(mb for _, _, mb in parts) == pytest.approx(m_long.peak_sum_mb)
+    assert any("ExtractOp" in title for title, _, _ in parts), parts
     return ratio_sum, ratio_worker
 
 
